@@ -1,0 +1,61 @@
+# minifold make targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Two cores here: pin torch/BLAS threads so a busy second core cannot slow small
+# problems 4-30x. Override on bigger machines: `make run THREADS=8`.
+THREADS ?= 2
+export OMP_NUM_THREADS := $(THREADS)
+export MKL_NUM_THREADS := $(THREADS)
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+export HYDRA_FULL_ERROR ?= 1
+
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-all bench sweep report wandb-sync lint clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip -q
+	# CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e '.[dev,sweep]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the CPU torch build and minifold[dev,sweep]
+
+run: $(STAMP) ## run the whole pipeline on the defaults (ARGS="dim=3 model=birnn" to override)
+	$(PY) -m minifold.run $(ARGS)
+
+test: $(STAMP) ## run the test suite (tiny configs, a few minutes)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP) ## run every test, the slow ones too
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+bench: $(STAMP) ## benchmarks -> outputs/bench/*.json and *.md (BENCH="generator folding models")
+	$(PY) -m minifold.bench $(BENCH)
+
+sweep: $(STAMP) ## the headline study (dim x back_discount x model) on small settings
+	$(PY) -m minifold.run -m experiment=headline $(ARGS)
+
+report: $(STAMP) ## rebuild the experiments' READMEs from their sweep summaries
+	$(PY) -m minifold.report experiments
+
+wandb-sync: $(STAMP) ## upload every offline W&B run under outputs/ (needs an account)
+	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 20 $(VENV)/bin/wandb sync
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check minifold tests
+	$(VENV)/bin/ruff format --check minifold tests
+
+clean: ## remove outputs and caches (keeps .venv)
+	rm -rf outputs/* .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

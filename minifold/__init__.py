@@ -1,0 +1,37 @@
+"""minifold: generate toy shapes, predict their distances, fold them back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+__version__ = "0.1.0"
+
+
+def project_root() -> str:
+    """Where `outputs/` lives: $MINIFOLD_ROOT, else the source checkout, else the cwd."""
+    if "MINIFOLD_ROOT" in os.environ:
+        return os.environ["MINIFOLD_ROOT"]
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists() and (checkout / "conf").is_dir():
+        return str(checkout)
+    return os.getcwd()
+
+
+if not OmegaConf.has_resolver("minifold_root"):
+    OmegaConf.register_new_resolver("minifold_root", project_root)
+if not OmegaConf.has_resolver("vocab_size"):
+    # Token ids are PAD (0) plus one per letter.
+    OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
+
+
+def fold(*args, **kwargs):
+    """Fold one distance matrix [N, N] into positions [N, dim]; see `minifold.folding.fold`."""
+    from minifold.folding import fold as _fold
+
+    return _fold(*args, **kwargs)
+
+
+__all__ = ["fold", "project_root", "__version__"]

@@ -1,0 +1,1 @@
+"""Synthetic data: the alphabet, the frozen shape generator and the cached datamodule."""

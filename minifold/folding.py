@@ -1,0 +1,883 @@
+"""Folding: turn (partial, noisy) pairwise distances into coordinates, batched.
+
+A `Folder` solves B independent problems at once, each a padded distance
+matrix with a point mask and optional per-pair weights (0 = unknown pair):
+
+1. **Start.** Classical MDS (double-centred squared distances over the real
+   points, top-`dim` eigenpairs by a batched `eigh`). Unknown pairs are first
+   filled by shortest paths through known ones (batched Floyd-Warshall), an
+   upper bound that keeps the start in the right neighbourhood. On exact,
+   complete distances this start is already the answer up to rounding.
+2. **Stress majorisation (SMACOF).** Weighted Guttman transforms. Each step is
+   one batched matrix product, never increases the weighted squared error and
+   needs no line search, so it makes fast, safe progress from the start; but it
+   converges only linearly, slowly near the end.
+3. **L-BFGS polish.** A batched L-BFGS written here: per-problem two-loop
+   recursion, per-problem step sizes from a per-problem backtracking (Armijo)
+   line search, per-problem convergence. Problems that have converged are
+   frozen and dropped from the working set, so a hard problem never holds an
+   easy one back and no single line search serves the sum of all losses (which
+   is what `torch.optim.LBFGS` on a summed loss would do).
+
+Why this split (measured with `minifold.bench.folding`): MDS alone is exact on
+clean distances; on noisy, incomplete ones it is biased by the completion, and
+SMACOF removes most of that bias in a few cheap, monotone steps. Running
+L-BFGS from the MDS start alone needed more iterations, each costing a
+line search; SMACOF alone needed hundreds of steps for the last digits.
+
+Everything runs in `dtype` (float64 by default: the float32 eigen-solver and
+loss landscape stop at about 1e-4 relative error, and the exact-recovery target
+is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back.
+
+`potential="distogram"` fits the distances to predicted distogram
+probabilities instead: the start and SMACOF use the expected distances, with
+pairs weighted by their confidence 1 / (variance + eps), then L-BFGS minimises
+the negative log-likelihood of each pair's distance, the log-probabilities
+interpolated linearly between bin centres.
+
+`fold` and `fold_file` wrap a Folder for one matrix given as NumPy or torch,
+validating it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from minifold.geometry import center, connected_to_first, pair_mask, radius_of_gyration
+
+log = logging.getLogger(__name__)
+
+INITS = ("mds", "random")
+POTENTIALS = ("mse", "distogram")
+COMPLETIONS = ("shortest_path", "mean")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# Relative to the largest known distance: how far from symmetric (or from a zero
+# diagonal) an input to `fold` may be and still count as a distance matrix.
+SYMMETRY_TOLERANCE = 1e-6
+# Armijo sufficient-decrease constant and backtracking factor of the line search.
+ARMIJO = 1e-4
+BACKTRACK = 0.5
+
+
+@dataclass
+class FoldResult:
+    """What a Folder returns.
+
+    Attributes:
+        positions: [B, N, dim] coordinates centred on the real points, zero at padding
+        loss: [B] final value of the potential (weighted mean squared distance
+            error in squared input units, or mean negative log-likelihood)
+        trajectory: positions [B, N, dim] every `trajectory_every` iterations,
+            or None when not asked for
+    """
+
+    positions: Tensor
+    loss: Tensor
+    trajectory: list[Tensor] | None = None
+
+
+# --------------------------------------------------------------------------- starts
+
+
+def complete_distances(distances: Tensor, known: Tensor, mask: Tensor, method: str) -> Tensor:
+    """Fill unknown pairs so that classical MDS can start from a full matrix.
+
+    "shortest_path" uses shortest paths through known pairs (Floyd-Warshall,
+    batched over problems; its loop runs over pivot points because each pivot
+    needs the previous one's result). "mean" uses the mean known distance.
+    Pairs with no path get the largest known distance.
+
+    Args:
+        distances: [B, N, N] distances, any value where unknown
+        known: [B, N, N] True where a distance is known
+        mask: [B, N] True where a point exists
+        method: "shortest_path" or "mean"
+    Returns:
+        [B, N, N] distances with every real pair filled, zero at padding and diagonal
+    """
+    pairs = pair_mask(mask)
+    known = known & pairs
+    values = torch.where(known, distances, torch.zeros_like(distances))
+    largest = values.amax((-1, -2), keepdim=True)
+    if bool((known == pairs).all()):
+        return values
+    if method == "mean":
+        mean = values.sum((-1, -2), keepdim=True) / known.sum((-1, -2), keepdim=True).clamp_min(1)
+        return torch.where(known, values, mean) * pairs
+    infinity = torch.full_like(distances, float("inf"))
+    paths = torch.where(known, values, infinity)
+    paths = torch.where(pair_mask(mask, include_diagonal=True) & ~pairs, 0.0, paths)
+    for pivot in range(distances.shape[-1]):
+        paths = torch.minimum(paths, paths[..., :, pivot, None] + paths[..., None, pivot, :])
+    paths = torch.where(torch.isfinite(paths), paths, largest.expand_as(paths))
+    return paths * pairs
+
+
+def classical_mds(distances: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Coordinates whose distances best match a full matrix in the Gram (strain) sense.
+
+    Args:
+        distances: [B, N, N] distances between real points (padding ignored)
+        mask: [B, N] True where a point exists
+        dim: dimension of the coordinates
+    Returns:
+        [B, N, dim] coordinates centred on the real points, zero at padding
+    """
+    pairs = pair_mask(mask, include_diagonal=True).to(distances.dtype)
+    count = mask.to(distances.dtype).sum(-1).clamp_min(1)
+    squared = distances**2 * pairs
+    row_mean = squared.sum(-1) / count[..., None]
+    total_mean = row_mean.sum(-1) / count
+    gram = -0.5 * (
+        squared - row_mean[..., :, None] - row_mean[..., None, :] + total_mean[..., None, None]
+    )
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram * pairs)
+    top_values = eigenvalues[..., -dim:].flip(-1).clamp_min(0)
+    top_vectors = eigenvectors[..., -dim:].flip(-1)
+    positions = top_vectors * top_values.sqrt()[..., None, :]
+    return positions * mask.to(distances.dtype)[..., None]
+
+
+def random_start(mask: Tensor, dim: int, generator: torch.Generator) -> Tensor:
+    """The reference's start: first point at the origin, the others uniform in [0, 1)^dim.
+
+    Args:
+        mask: [B, N] True where a point exists
+    Returns:
+        [B, N, dim] coordinates, zero at padding
+    """
+    batch, num = mask.shape
+    positions = torch.rand(batch, num, dim, generator=generator, dtype=torch.float64)
+    positions[:, 0] = 0.0
+    return positions.to(mask.device) * mask[..., None]
+
+
+# --------------------------------------------------------------------------- potentials
+
+
+class _Stress:
+    """Weighted mean squared distance error of a batch, its gradient and Guttman transform.
+
+    loss = sum_ij w_ij (|x_i - x_j| - target_ij)^2 / sum_ij w_ij over ordered pairs.
+    """
+
+    def __init__(self, targets: Tensor, weights: Tensor, mask: Tensor, uniform: bool) -> None:
+        self.targets = targets  # [B, N, N]
+        self.weights = weights  # [B, N, N], zero off real known pairs
+        self.mask = mask  # [B, N]
+        self.uniform = uniform  # all real pairs weigh 1: the Guttman solve is a division
+        self.total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
+        self._pseudo_inverse: Tensor | None = None
+
+    def subset(self, index: Tensor) -> _Stress:
+        part = _Stress(self.targets[index], self.weights[index], self.mask[index], self.uniform)
+        if self._pseudo_inverse is not None:
+            part._pseudo_inverse = self._pseudo_inverse[index]
+        return part
+
+    def _ratio(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Distances [B, N, N] and C = w * target / distance (0 where points coincide)."""
+        diff = positions[..., :, None, :] - positions[..., None, :, :]
+        distances = (diff * diff).sum(-1).sqrt()
+        safe = torch.where(distances > 0, distances, torch.ones_like(distances))
+        ratio = torch.where(distances > 0, self.weights * self.targets / safe, 0.0)
+        return distances, ratio
+
+    def loss(self, distances: Tensor) -> Tensor:
+        return (self.weights * (distances - self.targets) ** 2).sum((-1, -2)) / self.total
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss [B] and its gradient [B, N, dim]."""
+        distances, ratio = self._ratio(positions)
+        # d loss / d x = 4 / W * (V - B(X)) X with V the weight Laplacian and
+        # B(X) the Guttman matrix; (V - B) has off-diagonal -(w - C).
+        coupling = self.weights - ratio
+        laplacian_x = coupling.sum(-1)[..., None] * positions - coupling @ positions
+        gradient = 4.0 * laplacian_x / self.total[..., None, None]
+        return self.loss(distances), gradient
+
+    def pseudo_inverse(self) -> Tensor:
+        """[B, N, N] Moore-Penrose inverse of the weight Laplacian V over real points."""
+        if self._pseudo_inverse is None:
+            weights = self.weights
+            real = self.mask.to(weights.dtype)
+            count = real.sum(-1).clamp_min(1)[..., None, None]
+            laplacian = torch.diag_embed(weights.sum(-1)) - weights
+            # V has the constant vector in its null space: adding 11^T/n makes it
+            # invertible on the real block; padding gets an identity block.
+            ones = real[..., :, None] * real[..., None, :] / count
+            inverse = torch.linalg.inv(laplacian + ones + torch.diag_embed(1 - real))
+            self._pseudo_inverse = (inverse - ones) * (real[..., :, None] * real[..., None, :])
+        return self._pseudo_inverse
+
+    def guttman(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """One SMACOF step: the next positions [B, N, dim] and the loss [B] at `positions`."""
+        distances, ratio = self._ratio(positions)
+        b_x = ratio.sum(-1)[..., None] * positions - ratio @ positions
+        if self.uniform:
+            count = self.mask.to(positions.dtype).sum(-1).clamp_min(1)
+            following = b_x / count[..., None, None]
+        else:
+            following = self.pseudo_inverse() @ b_x
+        return following, self.loss(distances)
+
+
+class _DistogramLikelihood:
+    """Mean negative log-likelihood of pair distances under distograms, by autograd.
+
+    Log-probabilities are interpolated linearly between bin centres and held
+    constant beyond the first and last centre.
+    """
+
+    def __init__(self, log_probabilities: Tensor, centres: Tensor, weights: Tensor) -> None:
+        self.log_probabilities = log_probabilities  # [B, N, N, K]
+        self.centres = centres  # [B, K], increasing
+        self.weights = weights  # [B, N, N]
+        self.total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
+
+    def subset(self, index: Tensor) -> _DistogramLikelihood:
+        return _DistogramLikelihood(
+            self.log_probabilities[index], self.centres[index], self.weights[index]
+        )
+
+    def _loss(self, positions: Tensor) -> Tensor:
+        batch, num = positions.shape[:2]
+        diff = positions[..., :, None, :] - positions[..., None, :, :]
+        squared = (diff * diff).sum(-1)
+        distances = torch.where(squared > 0, squared, 1.0).sqrt() * (squared > 0)
+        flat = distances.reshape(batch, num * num).contiguous()
+        bins = self.centres.shape[-1]
+        upper = torch.searchsorted(self.centres.contiguous(), flat).clamp(1, bins - 1)
+        lower = upper - 1
+        centre_low = torch.gather(self.centres, 1, lower)
+        centre_high = torch.gather(self.centres, 1, upper)
+        fraction = ((flat - centre_low) / (centre_high - centre_low)).clamp(0, 1)
+        log_p = self.log_probabilities.reshape(batch, num * num, bins)
+        log_low = torch.gather(log_p, 2, lower[..., None])[..., 0]
+        log_high = torch.gather(log_p, 2, upper[..., None])[..., 0]
+        log_likelihood = (log_low + fraction * (log_high - log_low)).reshape(batch, num, num)
+        return -(self.weights * log_likelihood).sum((-1, -2)) / self.total
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            leaf = positions.detach().requires_grad_(True)
+            loss = self._loss(leaf)
+            (gradient,) = torch.autograd.grad(loss.sum(), leaf)
+        return loss.detach(), gradient
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-problem inner product of [B, ...] tensors -> [B]."""
+    return (a * b).flatten(1).sum(-1)
+
+
+def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """torch.where with a per-problem [B] condition broadcast over trailing dims."""
+    return torch.where(condition.reshape(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+class Folder:
+    """Folds batches of distance matrices into coordinates (see the module docstring).
+
+    Args:
+        dim: dimension of the coordinates.
+        init: "mds" (classical MDS) or "random" (the reference's start).
+        completion: how unknown pairs are filled for the MDS start,
+            "shortest_path" or "mean".
+        smacof_iterations: cap on stress-majorisation steps (0 skips the stage).
+        smacof_tolerance: a problem leaves SMACOF when a step lowers its loss by
+            less than this fraction.
+        max_iter: cap on L-BFGS iterations (0 skips the stage).
+        tolerance: a problem leaves L-BFGS when a step lowers its loss by less
+            than this fraction of the loss.
+        gradient_tolerance: ... or when its largest gradient entry falls below
+            this (in units where the weighted RMS target distance is 1).
+        history_size: L-BFGS memory (pairs of steps and gradient changes).
+        max_line_search: cap on backtracking halvings per L-BFGS iteration.
+        restarts: number of starts per problem; the first is `init`, the others
+            perturb it (or draw new random starts); the lowest final loss wins.
+        restart_noise: perturbation of the extra starts, in radii of gyration.
+        potential: "mse" (weighted squared distance error) or "distogram"
+            (negative log-likelihood under predicted distograms).
+        confidence_eps: added to each pair's distogram variance before
+            weighting the pair by its inverse.
+        trajectory_every: keep positions every this many iterations when a
+            trajectory is asked for.
+        return_trajectory: keep the trajectory on every call.
+        seed: seed of random starts and restart perturbations.
+        dtype: "float64" or "float32", the precision of the computation.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2,
+        init: str = "mds",
+        completion: str = "shortest_path",
+        smacof_iterations: int = 50,
+        smacof_tolerance: float = 1e-4,
+        max_iter: int = 300,
+        tolerance: float = 1e-10,
+        gradient_tolerance: float = 1e-9,
+        history_size: int = 10,
+        max_line_search: int = 20,
+        restarts: int = 1,
+        restart_noise: float = 0.3,
+        potential: str = "mse",
+        confidence_eps: float = 1e-3,
+        trajectory_every: int = 5,
+        return_trajectory: bool = False,
+        seed: int = 0,
+        dtype: str = "float64",
+    ) -> None:
+        if int(dim) < 1:
+            raise ValueError(f"folder.dim is {dim}; it must be >= 1")
+        for name, value, allowed in (
+            ("init", init, INITS),
+            ("potential", potential, POTENTIALS),
+            ("completion", completion, COMPLETIONS),
+            ("dtype", dtype, tuple(DTYPES)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"folder.{name} is {value!r}; allowed: {', '.join(allowed)}")
+        for name, value, lowest in (
+            ("smacof_iterations", smacof_iterations, 0),
+            ("max_iter", max_iter, 0),
+            ("history_size", history_size, 1),
+            ("max_line_search", max_line_search, 1),
+            ("restarts", restarts, 1),
+            ("trajectory_every", trajectory_every, 1),
+        ):
+            if int(value) < lowest:
+                raise ValueError(f"folder.{name} is {value}; it must be >= {lowest}")
+        for name, value in (
+            ("smacof_tolerance", smacof_tolerance),
+            ("tolerance", tolerance),
+            ("gradient_tolerance", gradient_tolerance),
+            ("restart_noise", restart_noise),
+            ("confidence_eps", confidence_eps),
+        ):
+            if not float(value) >= 0:
+                raise ValueError(f"folder.{name} is {value}; it must be >= 0")
+        self.dim = int(dim)
+        self.init = init
+        self.completion = completion
+        self.smacof_iterations = int(smacof_iterations)
+        self.smacof_tolerance = float(smacof_tolerance)
+        self.max_iter = int(max_iter)
+        self.tolerance = float(tolerance)
+        self.gradient_tolerance = float(gradient_tolerance)
+        self.history_size = int(history_size)
+        self.max_line_search = int(max_line_search)
+        self.restarts = int(restarts)
+        self.restart_noise = float(restart_noise)
+        self.potential = potential
+        self.confidence_eps = float(confidence_eps)
+        self.trajectory_every = int(trajectory_every)
+        self.return_trajectory = bool(return_trajectory)
+        self.seed = int(seed)
+        self.dtype = DTYPES[dtype]
+
+    # ------------------------------------------------------------------ entry point
+
+    def __call__(
+        self,
+        distances: Tensor | None,
+        mask: Tensor,
+        weights: Tensor | None = None,
+        probabilities: Tensor | None = None,
+        bin_edges: Tensor | None = None,
+        return_trajectory: bool | None = None,
+    ) -> FoldResult:
+        """Fold a padded batch.
+
+        Args:
+            distances: [B, N, N] target distances (may be None with the
+                distogram potential: the expected distances are used)
+            mask: [B, N] True where a point exists (real points may sit anywhere)
+            weights: [B, N, N] per-pair weights, 0 = unknown pair; all real pairs
+                weigh 1 if None
+            probabilities: [B, N, N, K] distogram probabilities (potential "distogram")
+            bin_edges: [K + 1] increasing edges of the distogram bins
+            return_trajectory: keep a trajectory; the config's choice if None
+        Returns:
+            FoldResult with positions [B, N, dim], loss [B], trajectory or None
+        """
+        keep_trajectory = self.return_trajectory if return_trajectory is None else return_trajectory
+        reference = distances if distances is not None else probabilities
+        if reference is None:
+            raise ValueError("distances is None; give distances or distogram probabilities")
+        if mask.dim() != 2:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected [B, N]")
+        device, out_dtype = reference.device, reference.dtype
+        if not out_dtype.is_floating_point:
+            out_dtype = self.dtype
+        mask = mask.to(device=device, dtype=torch.bool)
+        batch, num = mask.shape
+        pairs = pair_mask(mask)
+        base_weights = pairs.to(self.dtype)
+        if weights is not None:
+            self._check_shape("weights", weights, (batch, num, num))
+            weights = weights.to(device=device, dtype=self.dtype)
+            if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
+                raise ValueError("weights contain negative or non-finite values; need >= 0")
+            base_weights = base_weights * 0.5 * (weights + weights.transpose(-1, -2))
+
+        likelihood = None
+        fit_weights = base_weights
+        if self.potential == "distogram":
+            if probabilities is None or bin_edges is None:
+                raise ValueError("potential 'distogram' needs probabilities and bin_edges")
+            targets, fit_weights, log_probabilities, centres = self._distogram_targets(
+                probabilities, bin_edges, base_weights, (batch, num)
+            )
+            if distances is not None:
+                self._check_shape("distances", distances, (batch, num, num))
+                targets = distances.to(device=device, dtype=self.dtype)
+        else:
+            if distances is None:
+                raise ValueError("potential 'mse' needs distances")
+            self._check_shape("distances", distances, (batch, num, num))
+            targets = distances.to(device=device, dtype=self.dtype)
+        known = fit_weights > 0
+        targets = torch.where(known, targets, 0.0)
+        targets = 0.5 * (targets + targets.transpose(-1, -2))
+
+        # Work in units where the weighted RMS target distance is 1, so that the
+        # tolerances mean the same for every problem.
+        scale = (fit_weights * targets**2).sum((-1, -2)) / fit_weights.sum((-1, -2)).clamp_min(
+            torch.finfo(self.dtype).tiny
+        )
+        scale = torch.where(scale > 0, scale.sqrt(), torch.ones_like(scale))
+        targets = targets / scale[:, None, None]
+
+        starts = self._starts(targets, known, mask, scale)  # [R * B, N, dim]
+        repeat = self.restarts
+        stress = _Stress(
+            targets.repeat(repeat, 1, 1),
+            fit_weights.repeat(repeat, 1, 1),
+            mask.repeat(repeat, 1),
+            uniform=bool((fit_weights == pairs.to(self.dtype)).all()),
+        )
+        if self.potential == "distogram":
+            likelihood = _DistogramLikelihood(
+                log_probabilities.repeat(repeat, 1, 1, 1),
+                (centres[None, :] / scale[:, None]).repeat(repeat, 1),
+                base_weights.repeat(repeat, 1, 1),
+            )
+        trajectory: list[Tensor] | None = [starts.clone()] if keep_trajectory else None
+
+        positions = self._smacof(starts, stress, trajectory)
+        objective = likelihood if likelihood is not None else stress
+        positions, loss = self._lbfgs(positions, objective, trajectory)
+
+        # Keep each problem's best start; ties go to the first (the plain start).
+        best = loss.reshape(repeat, batch).argmin(0)
+        pick = best * batch + torch.arange(batch, device=device)
+        unit = scale[:, None, None]
+        if self.potential == "mse":
+            loss = loss * scale.repeat(repeat) ** 2
+        result_positions = center(positions[pick] * unit, mask)
+        if trajectory is not None:
+            trajectory = [
+                center(frame[pick] * unit, mask).to(out_dtype) for frame in trajectory
+            ]
+        return FoldResult(
+            positions=result_positions.to(out_dtype),
+            loss=loss[pick].to(out_dtype),
+            trajectory=trajectory,
+        )
+
+    # ------------------------------------------------------------------ pieces
+
+    @staticmethod
+    def _check_shape(name: str, value: Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {shape}")
+
+    def _distogram_targets(
+        self, probabilities: Tensor, bin_edges: Tensor, base_weights: Tensor, bn: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Expected distances, confidence weights, log-probabilities and bin centres."""
+        batch, num = bn
+        device = base_weights.device
+        if probabilities.dim() != 4 or tuple(probabilities.shape[:3]) != (batch, num, num):
+            raise ValueError(
+                f"probabilities have shape {tuple(probabilities.shape)}; expected [{batch}, {num}, {num}, K]"
+            )
+        bins = probabilities.shape[-1]
+        edges = torch.as_tensor(bin_edges).to(device=device, dtype=self.dtype).flatten()
+        if edges.numel() != bins + 1 or bins < 2 or not bool((edges[1:] > edges[:-1]).all()):
+            raise ValueError(
+                f"bin_edges have {edges.numel()} values; need {bins + 1} increasing edges for {bins} bins"
+            )
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        probabilities = probabilities.to(device=device, dtype=self.dtype).clamp_min(0)
+        probabilities = probabilities / probabilities.sum(-1, keepdim=True).clamp_min(1e-30)
+        probabilities = 0.5 * (probabilities + probabilities.transpose(1, 2))
+        expected = (probabilities * centres).sum(-1)
+        variance = (probabilities * (centres - expected[..., None]) ** 2).sum(-1)
+        confidence = 1.0 / (variance + self.confidence_eps * (edges[-1] - edges[0]) ** 2)
+        fit_weights = base_weights * confidence
+        # Normalise so the mean weight over known pairs is 1 (scale-free tolerances).
+        known = base_weights > 0
+        mean = fit_weights.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
+        fit_weights = fit_weights / mean.clamp_min(1e-30)[:, None, None]
+        log_probabilities = probabilities.clamp_min(1e-12).log()
+        return expected, fit_weights, log_probabilities, centres
+
+    def _starts(self, targets: Tensor, known: Tensor, mask: Tensor, scale: Tensor) -> Tensor:
+        """[restarts * B, N, dim] starting positions (scaled units); the first B are `init`."""
+        generator = torch.Generator().manual_seed(self.seed)
+        batch = mask.shape[0]
+        if self.init == "mds":
+            full = complete_distances(targets, known, mask, self.completion)
+            first = classical_mds(full, mask, self.dim)
+        else:
+            first = random_start(mask, self.dim, generator).to(self.dtype) / scale[:, None, None]
+        starts = [first]
+        for _ in range(self.restarts - 1):
+            if self.init == "random":
+                extra = random_start(mask, self.dim, generator).to(self.dtype)
+                starts.append(extra / scale[:, None, None])
+            else:
+                size = radius_of_gyration(first, mask).clamp_min(1e-6)[:, None, None]
+                noise = torch.randn(first.shape, generator=generator, dtype=self.dtype)
+                noise = noise.to(first.device) * self.restart_noise * size
+                starts.append((first + noise) * mask[..., None])
+        del batch
+        return torch.cat(starts).to(targets.device)
+
+    def _record(self, trajectory, iteration, positions, index, working):
+        """Append the full batch's positions to the trajectory every `trajectory_every` steps."""
+        if trajectory is not None and iteration % self.trajectory_every == 0:
+            frame = positions.clone()
+            frame[index] = working
+            trajectory.append(frame)
+
+    def _smacof(self, positions: Tensor, stress: _Stress, trajectory) -> Tensor:
+        """Weighted stress majorisation with per-problem stopping."""
+        if self.smacof_iterations == 0:
+            return positions
+        positions = positions.clone()
+        index = torch.arange(positions.shape[0], device=positions.device)
+        working, problem = positions.clone(), stress
+        previous = torch.full((len(index),), float("inf"), dtype=positions.dtype, device=positions.device)
+        active = torch.ones(len(index), dtype=torch.bool, device=positions.device)
+        for iteration in range(1, self.smacof_iterations + 1):
+            following, loss = problem.guttman(working)
+            # A problem stops once a step gains little; the step it just took is kept.
+            gain = previous - loss
+            active = active & (gain > self.smacof_tolerance * loss) & (loss > 1e-24)
+            working = _where(active, following, working)
+            previous = loss
+            self._record(trajectory, iteration, positions, index, working)
+            if not bool(active.any()):
+                break
+            if int(active.sum()) <= len(index) // 2:
+                positions[index] = working
+                keep = active.nonzero()[:, 0]
+                index, working, problem = index[keep], working[keep], problem.subset(keep)
+                previous, active = previous[keep], active[keep]
+        positions[index] = working
+        return positions
+
+    def _lbfgs(self, positions: Tensor, objective, trajectory) -> tuple[Tensor, Tensor]:
+        """Batched L-BFGS with per-problem line search and convergence."""
+        positions = positions.clone()
+        loss_all, gradient = objective(positions)
+        if self.max_iter == 0:
+            return positions, loss_all
+        loss_all = loss_all.clone()
+        total = positions.shape[0]
+        device, dtype = positions.device, positions.dtype
+        index = torch.arange(total, device=device)
+        x, loss, problem = positions.clone(), loss_all.clone(), objective
+        memory = self.history_size
+        steps = torch.zeros((total, memory) + positions.shape[1:], dtype=dtype, device=device)
+        changes = torch.zeros_like(steps)
+        rho = torch.zeros(total, memory, dtype=dtype, device=device)
+        filled = torch.zeros(total, memory, dtype=torch.bool, device=device)
+        active = gradient.flatten(1).abs().amax(-1) > self.gradient_tolerance
+        iteration = self.smacof_iterations
+        for _ in range(self.max_iter):
+            if not bool(active.any()):
+                break
+            iteration += 1
+            direction = -self._two_loop(gradient, steps, changes, rho, filled)
+            slope = _dot(gradient, direction)
+            uphill = ~(slope < 0)
+            if bool(uphill.any()):
+                # Lost curvature information: forget it and go downhill.
+                direction = _where(uphill, -gradient, direction)
+                filled = filled & ~uphill[:, None]
+                slope = _dot(gradient, direction)
+            has_history = filled.any(-1)
+            step = torch.where(
+                has_history,
+                torch.ones_like(loss),
+                (1.0 / gradient.flatten(1).norm(dim=-1).clamp_min(1e-30)).clamp_max(1.0),
+            )
+            searching = active.clone()
+            new_x, new_loss, new_gradient = x, loss, gradient
+            for _ in range(self.max_line_search):
+                trial_x = x + step[:, None, None] * direction
+                trial_loss, trial_gradient = problem(trial_x)
+                accept = searching & (trial_loss <= loss + ARMIJO * step * slope)
+                new_x = _where(accept, trial_x, new_x)
+                new_loss = torch.where(accept, trial_loss, new_loss)
+                new_gradient = _where(accept, trial_gradient, new_gradient)
+                searching = searching & ~accept
+                if not bool(searching.any()):
+                    break
+                step = torch.where(searching, step * BACKTRACK, step)
+            moved = active & ~searching
+            s = new_x - x
+            y = new_gradient - gradient
+            curvature = _dot(s, y)
+            # Skip pairs with too little curvature: they would break positive definiteness.
+            update = moved & (curvature > 1e-10 * _dot(y, y).sqrt() * _dot(s, s).sqrt())
+            steps = _where(update, torch.cat([steps[:, 1:], s[:, None]], 1), steps)
+            changes = _where(update, torch.cat([changes[:, 1:], y[:, None]], 1), changes)
+            rho = _where(
+                update,
+                torch.cat([rho[:, 1:], (1.0 / curvature.clamp_min(1e-300))[:, None]], 1),
+                rho,
+            )
+            filled = _where(
+                update, torch.cat([filled[:, 1:], torch.ones_like(filled[:, :1])], 1), filled
+            )
+            gain = loss - new_loss
+            converged = (
+                ~moved
+                | (gain <= self.tolerance * new_loss.abs())
+                | (new_gradient.flatten(1).abs().amax(-1) <= self.gradient_tolerance)
+            )
+            x, loss, gradient = new_x, new_loss, new_gradient
+            active = active & ~converged
+            self._record(trajectory, iteration, positions, index, x)
+            if 0 < int(active.sum()) <= len(index) // 2:
+                positions[index], loss_all[index] = x, loss
+                keep = active.nonzero()[:, 0]
+                index, problem = index[keep], problem.subset(keep)
+                x, loss, gradient, active = x[keep], loss[keep], gradient[keep], active[keep]
+                steps, changes, rho, filled = steps[keep], changes[keep], rho[keep], filled[keep]
+        positions[index], loss_all[index] = x, loss
+        return positions, loss_all
+
+    @staticmethod
+    def _two_loop(gradient, steps, changes, rho, filled) -> Tensor:
+        """Per-problem L-BFGS two-loop recursion: inverse-Hessian estimate times gradient.
+
+        The loop runs over the (short) history, newest last in the buffers.
+        """
+        memory = steps.shape[1]
+        weight = filled.to(gradient.dtype) * rho
+        q = gradient
+        alphas = []
+        for k in reversed(range(memory)):
+            alpha = weight[:, k] * _dot(steps[:, k], q)
+            q = q - alpha[:, None, None] * changes[:, k]
+            alphas.append(alpha)
+        alphas.reverse()
+        newest_y = changes[:, -1]
+        yy = _dot(newest_y, newest_y)
+        sy = _dot(steps[:, -1], newest_y)
+        gamma = torch.where(filled[:, -1] & (yy > 0), sy / yy.clamp_min(1e-300), 1.0)
+        r = gamma[:, None, None] * q
+        for k in range(memory):
+            beta = weight[:, k] * _dot(changes[:, k], r)
+            r = r + (alphas[k] - beta)[:, None, None] * steps[:, k]
+        return r
+
+
+# --------------------------------------------------------------------------- one matrix
+
+
+def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
+    """Raise ValueError naming the first thing that makes `distances` unfoldable."""
+    num = distances.shape[0]
+    if not 1 <= dim <= num:
+        raise ValueError(f"dim is {dim}; it must be between 1 and the number of points ({num})")
+    values = distances[known]
+    if bool(torch.isnan(values).any()):
+        raise ValueError("distances contain NaN in known entries; mark unknown pairs with mask")
+    if bool(torch.isinf(values).any()):
+        raise ValueError("distances contain inf in known entries; mark unknown pairs with mask")
+    if bool((values < 0).any()):
+        raise ValueError(f"distances contain negative values (min {values.min().item():g}); need >= 0")
+    scale = max(float(values.abs().max()) if values.numel() else 0.0, 1.0)
+    tolerance = SYMMETRY_TOLERANCE * scale
+    diagonal = torch.diagonal(distances)[torch.diagonal(known)]
+    if bool((diagonal.abs() > tolerance).any()):
+        raise ValueError(
+            f"diagonal has nonzero entries (largest {diagonal.abs().max().item():g}); "
+            "a point's distance to itself must be 0"
+        )
+    both = known & known.T
+    asymmetry = (distances - distances.T).abs()[both]
+    if asymmetry.numel() and float(asymmetry.max()) > tolerance:
+        raise ValueError(
+            f"distances are not symmetric (largest |d_ij - d_ji| = {float(asymmetry.max()):g}, "
+            f"tolerance {tolerance:g})"
+        )
+    mask = torch.ones(1, num, dtype=torch.bool, device=distances.device)
+    reached = connected_to_first(known[None], mask)[0]
+    if not bool(reached.all()):
+        lost = (~reached).nonzero()[:, 0].tolist()
+        raise ValueError(
+            f"known pairs split the points into disconnected groups: points {lost[:10]}"
+            f"{'...' if len(lost) > 10 else ''} have no known path to point 0"
+        )
+
+
+def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **options):
+    """Fold one distance matrix into coordinates.
+
+    Args:
+        distances: [N, N] NumPy array or torch tensor; entries where `mask` is
+            False are ignored (they may be NaN)
+        dim: dimension of the coordinates, 1 <= dim <= N
+        mask: [N, N] bool, True where the distance is known (symmetric); all if None
+        folder: a configured Folder (its dim must equal `dim`); a new
+            `Folder(dim=dim, **options)` if None
+        **options: Folder keyword arguments (only without `folder`)
+    Returns:
+        [N, dim] positions centred at the origin, of the input's type (NumPy in,
+        NumPy float64 out; torch in, torch out on the same device). N = 1 gives
+        the origin and N = 2 two points on the first axis: no optimisation needed.
+    Raises:
+        ValueError naming the problem: not a square 2-D matrix, NaN/inf/negative
+        known entries, asymmetry or nonzero diagonal beyond SYMMETRY_TOLERANCE
+        (relative), a mask of the wrong shape or asymmetric, known pairs that
+        leave points disconnected, or dim outside [1, N].
+    """
+    as_numpy = not isinstance(distances, Tensor)
+    if as_numpy:
+        array = np.asarray(distances)
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"distances have dtype {array.dtype}; need numbers")
+        matrix = torch.from_numpy(array.astype(np.float64, copy=True))
+    else:
+        matrix = distances.detach().clone()
+        if not matrix.dtype.is_floating_point:
+            matrix = matrix.to(torch.float64)
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"distances have shape {tuple(matrix.shape)}; need a square [N, N] matrix")
+    num = matrix.shape[0]
+    if num == 0:
+        raise ValueError("distances are empty; need at least one point")
+    if mask is None:
+        known = torch.ones(num, num, dtype=torch.bool, device=matrix.device)
+    else:
+        known = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+        if tuple(known.shape) != (num, num):
+            raise ValueError(f"mask has shape {tuple(known.shape)}; expected ({num}, {num})")
+        if known.dtype != torch.bool:
+            raise ValueError(f"mask has dtype {known.dtype}; need bool (True = known)")
+        known = known.to(matrix.device)
+        if not bool((known == known.T).all()):
+            raise ValueError("mask is not symmetric; a pair is known in both directions or neither")
+    _validate_matrix(matrix, int(dim), known)
+    if folder is not None and options:
+        raise ValueError(f"give either folder or Folder options, not both (got {sorted(options)})")
+    if folder is not None and folder.dim != dim:
+        raise ValueError(f"folder.dim is {folder.dim} but dim is {dim}; they must match")
+
+    if num <= 2:
+        positions = torch.zeros(num, dim, dtype=matrix.dtype, device=matrix.device)
+        if num == 2:
+            positions[1, 0] = matrix[0, 1]
+        positions = positions - positions.mean(0)
+    else:
+        folder = folder if folder is not None else Folder(dim=dim, **options)
+        off_diagonal = known & ~torch.eye(num, dtype=torch.bool, device=matrix.device)
+        clean = torch.where(off_diagonal, matrix, 0.0)
+        result = folder(
+            clean[None],
+            torch.ones(1, num, dtype=torch.bool, device=matrix.device),
+            weights=off_diagonal[None].to(matrix.dtype),
+        )
+        positions = result.positions[0]
+    if as_numpy:
+        return positions.cpu().numpy().astype(np.float64)
+    return positions.to(distances.dtype if distances.dtype.is_floating_point else matrix.dtype)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_distances(path: str | os.PathLike) -> np.ndarray:
+    """A distance matrix from .npy, .npz (key 'distances' or the first array) or .csv."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if not archive.files:
+                raise ValueError(f"{path} holds no arrays")
+            key = "distances" if "distances" in archive.files else archive.files[0]
+            return archive[key]
+    if suffix == ".csv":
+        return np.loadtxt(path, delimiter=",", ndmin=2)
+    raise ValueError(f"{path} has suffix {suffix!r}; allowed: .npy, .npz, .csv")
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; results are for sharing
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def fold_file(
+    path: str | os.PathLike,
+    dim: int = 2,
+    folder: Folder | None = None,
+    out_dir: str | os.PathLike = ".",
+) -> np.ndarray:
+    """Fold a distance matrix stored in a file and write the result beside a picture.
+
+    NaN entries in the file mark unknown pairs. Writes `positions.npy`,
+    `positions.csv` and `positions.png` into `out_dir`, each atomically; a bad
+    input raises ValueError before anything is written.
+
+    Returns:
+        [N, dim] positions (NumPy float64)
+    """
+    distances = np.asarray(load_distances(path), dtype=np.float64)
+    known = ~np.isnan(distances)
+    mask = None if known.all() else known
+    positions = fold(distances, dim=dim, mask=mask, folder=folder)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomically(out / "positions.npy", lambda file: np.save(file, positions))
+    _write_atomically(
+        out / "positions.csv", lambda file: np.savetxt(file, positions, delimiter=",")
+    )
+    from minifold.viz import plot_overlay
+
+    plot_overlay(
+        positions, None, np.ones(len(positions), dtype=bool), out / "positions.png",
+        title=f"folded {Path(path).name}",
+    )
+    log.info("folded %s (%d points) into %s", path, len(positions), out)
+    return positions

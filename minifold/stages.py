@@ -1,0 +1,449 @@
+"""The pipeline's stages as plain functions over a RunContext: generate, train, fold, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+log = logging.getLogger("minifold")
+console = Console()
+
+METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "drmsd")
+
+
+# --------------------------------------------------------------------------- helpers
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
+def print_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Print the resolved config as a rich tree and save it as config_tree.txt and config.yaml."""
+    tree = Tree("config", guide_style="dim")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    order = ["generator", "data", "model", "trainer", "folder", "logger", "callbacks", "paths"]
+    keys = [k for k in order if k in resolved] + [k for k in resolved if k not in order]
+    for key in keys:
+        value = resolved[key]
+        branch = tree.add(f"[bold]{key}[/bold]")
+        text = OmegaConf.to_yaml(value) if isinstance(value, dict | list) else str(value)
+        branch.add(text.rstrip() or "null")
+    console.print(tree)
+    with open(out_dir / "config_tree.txt", "w") as handle:
+        Console(file=handle, width=120, color_system=None).print(tree)
+    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+
+
+@dataclass
+class RunContext:
+    """What the stages share: the config, the run dir and what earlier stages made."""
+
+    cfg: DictConfig
+    out_dir: Path
+    datamodule: Any = None
+    model: Any = None
+    trainer: Any = None
+    loggers: list = field(default_factory=list)
+    train_summary: dict = field(default_factory=dict)
+    predictions: dict | None = None
+    fold_result: Any = None
+    per_sequence: list[dict] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    pictures: dict[str, str] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return int(self.cfg.dim)
+
+    def wandb_run(self):
+        """The W&B run of this job, if a WandbLogger is configured (started lazily)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        self.ensure_loggers()
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                return logger.experiment
+        return None
+
+    def ensure_loggers(self) -> list:
+        if not self.loggers and self.cfg.get("logger"):
+            self.loggers = build_loggers(self.cfg)
+        return self.loggers
+
+    def close(self, failed: bool) -> None:
+        """Finish every logger; a W&B run is always finished so a sweep never hangs."""
+        for logger in self.loggers:
+            try:
+                logger.finalize("failed" if failed else "success")
+            except Exception as error:  # closing must not hide the run's own error
+                log.warning("could not finalize %s: %s", type(logger).__name__, error)
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
+        except Exception as error:
+            log.warning("could not finish the W&B run: %s", error)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every configured logger; W&B gets the run's group, job type and config."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if not logger_cfg or "_target_" not in logger_cfg:
+            continue
+        logger = instantiate(logger_cfg)
+        loggers.append(logger)
+        log.info("logger %s -> %s", name, getattr(logger, "save_dir", None) or getattr(logger, "log_dir", ""))
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams.pop("hydra", None)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    callbacks = []
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        if callback_cfg and "_target_" in callback_cfg:
+            callbacks.append(instantiate(callback_cfg))
+        else:
+            log.debug("callback %s disabled", name)
+    return callbacks
+
+
+# -------------------------------------------------------------------------- generate
+def get_datamodule(context: RunContext):
+    if context.datamodule is None:
+        context.datamodule = instantiate(context.cfg.data)
+        context.datamodule.prepare_data()
+    return context.datamodule
+
+
+def stage_generate(context: RunContext) -> None:
+    """Generate (or load) the splits, log a summary and draw a gallery of test shapes."""
+    from minifold import viz
+
+    datamodule = get_datamodule(context)
+    summary = datamodule.summary()
+    log.info(
+        "data: train/val/test %s, lengths %d..%d, %dD, cache %s (%s) in %.2f s",
+        "/".join(str(v) for v in summary["sizes"].values()),
+        summary["min_length"],
+        summary["max_length"],
+        summary["dim"],
+        "hit" if summary["cache_hit"] else "miss",
+        summary["cache"],
+        summary["seconds"],
+    )
+    batch = datamodule.batch("test", list(range(min(6, datamodule.sizes["test"]))))
+    sequences = datamodule.generator.alphabet.decode(batch["tokens"])
+    path = context.out_dir / "gallery.png"
+    viz.plot_shape_gallery(
+        batch["positions"], batch["mask"], sequences, path, alphabet=datamodule.generator.alphabet.letters
+    )
+    context.pictures["gallery"] = path.name
+    write_json_atomic(context.out_dir / "data_summary.json", summary)
+
+
+# ----------------------------------------------------------------------------- train
+class HistoryCallback(Callback):
+    """Keeps every epoch's logged metrics for the training-curve plot (any logger or none)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.train_samples = 0
+        self.train_seconds = 0.0
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.train_samples += int(batch["tokens"].shape[0])
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.train_seconds += time.perf_counter() - self._start
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("train/", "val/")) and value.numel() == 1:
+                row[key] = float(value)
+        self.rows.append(row)
+
+
+def check_checkpoint_matches(model, cfg: DictConfig, ckpt_path: str) -> None:
+    """Refuse a checkpoint trained for another dim, alphabet or maximum length."""
+    hparams = model.hparams
+    expected = {"dim": int(cfg.dim), "alphabet": str(cfg.generator.alphabet)}
+    for key, value in expected.items():
+        saved = hparams.get(key)
+        if saved is not None and saved != value:
+            raise ValueError(
+                f"checkpoint {ckpt_path} was trained with {key}={saved!r}, but this config has "
+                f"{key}={value!r}; use a matching config (e.g. {key}={saved}) or another checkpoint"
+            )
+
+
+def load_model(context: RunContext):
+    """The trained model of this run, or the one in cfg.ckpt_path."""
+    if context.model is not None:
+        return context.model
+    ckpt_path = context.cfg.get("ckpt_path")
+    if not ckpt_path:
+        raise ValueError("no model: run the train stage or give ckpt_path=<run>/checkpoints/best.ckpt")
+    if not Path(ckpt_path).exists():
+        raise ValueError(f"ckpt_path {ckpt_path} does not exist")
+    from minifold.models.module import DistanceModule
+
+    model = DistanceModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    check_checkpoint_matches(model, context.cfg, ckpt_path)
+    model.eval()
+    context.model = model
+    return model
+
+
+def stage_train(context: RunContext) -> None:
+    """Fit the model, test its best checkpoint, and print a summary table."""
+    cfg = context.cfg
+    datamodule = get_datamodule(context)
+    model = instantiate(cfg.model)
+    history = HistoryCallback()
+    callbacks = build_callbacks(cfg) + [history]
+    loggers = context.ensure_loggers()
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        from minifold.models.module import DistanceModule
+
+        check_checkpoint_matches(
+            DistanceModule.load_from_checkpoint(ckpt_path, map_location="cpu"), cfg, ckpt_path
+        )
+        log.info("resuming training from %s", ckpt_path)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - started
+    context.history = history.rows
+
+    best_path = None
+    checkpoint = getattr(trainer, "checkpoint_callback", None)
+    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+        best_path = checkpoint.best_model_path
+        from minifold.models.module import DistanceModule
+
+        model = DistanceModule.load_from_checkpoint(best_path, map_location=model.device)
+    model.eval()
+    context.model, context.trainer = model, trainer
+    test_metrics = {}
+    if trainer.world_size == 1 and not getattr(trainer, "fast_dev_run", False):
+        test_metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    best = {k: v for k, v in (history.rows[-1] if history.rows else {}).items() if k.startswith("val/")}
+    val_rows = [r for r in history.rows if "val/distance_mae" in r]
+    if val_rows:
+        best = {k: v for k, v in min(val_rows, key=lambda r: r["val/distance_mae"]).items() if k.startswith("val/")}
+    parameters = sum(p.numel() for p in model.parameters())
+    context.train_summary = {
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "fit_seconds": fit_seconds,
+        "parameters": parameters,
+        "samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
+        "best_checkpoint": best_path,
+        **best,
+        **{k: float(v) for k, v in test_metrics.items()},
+    }
+    write_json_atomic(context.out_dir / "train_summary.json", context.train_summary)
+    write_json_atomic(context.out_dir / "history.json", history.rows)
+    table = Table(title="training")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in context.train_summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------ fold
+def pad_to(tensor: torch.Tensor, length: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad the given dims of `tensor` up to `length`."""
+    pad: list[int] = []
+    for dim in reversed(range(tensor.dim())):
+        pad += [0, length - tensor.shape[dim] if dim in dims else 0]
+    return torch.nn.functional.pad(tensor, pad)
+
+
+@torch.no_grad()
+def predict_batches(model, batches) -> dict[str, torch.Tensor]:
+    """Run the model over batches; concatenate its outputs padded to the longest sequence."""
+    model.eval()
+    outputs = []
+    for batch in batches:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        out = model.predict_step(batch, 0)
+        out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        out.update(positions=batch["positions"], mask=batch["mask"], tokens=batch["tokens"])
+        outputs.append(out)
+    longest = max(int(o["mask"].shape[1]) for o in outputs)
+    merged: dict[str, torch.Tensor] = {}
+    for key in outputs[0]:
+        if key in ("bin_centers", "bin_edges"):
+            merged[key] = outputs[0][key]
+            continue
+        parts = []
+        for out in outputs:
+            value = out[key]
+            pair = key in ("distances", "std", "probabilities")
+            parts.append(pad_to(value, longest, (1, 2) if pair else (1,)))
+        merged[key] = torch.cat(parts)
+    return merged
+
+
+def fold_predictions(context: RunContext, predictions: dict, trajectory: bool = False):
+    """Fold every predicted distance matrix in one batched call of the configured Folder."""
+    folder = instantiate(context.cfg.folder)
+    kwargs = {}
+    if "probabilities" in predictions and getattr(folder, "potential", "") == "distogram":
+        kwargs["probabilities"] = predictions["probabilities"]
+        kwargs["bin_centers"] = predictions["bin_centers"]
+    elif "std" in predictions:
+        kwargs["std"] = predictions["std"]
+    return folder(predictions["distances"], predictions["mask"], return_trajectory=trajectory, **kwargs)
+
+
+def stage_fold(context: RunContext) -> None:
+    """Predict distances for the test split and fold them all at once."""
+    model = load_model(context)
+    datamodule = get_datamodule(context)
+    predictions = predict_batches(model, datamodule.test_dataloader())
+    started = time.perf_counter()
+    context.fold_result = fold_predictions(context, predictions)
+    seconds = time.perf_counter() - started
+    context.predictions = predictions
+    count = predictions["mask"].shape[0]
+    log.info("folded %d test sequences in %.2f s (%.0f sequences/s)", count, seconds, count / seconds)
+
+
+# -------------------------------------------------------------------------- evaluate
+def summarise(rows: list[dict], keys=METRIC_KEYS, prefix: str = "test/") -> dict[str, float]:
+    """Mean and median of each metric over the rows: `test/lddt`, `test/lddt_median`, ..."""
+    summary = {}
+    for key in keys:
+        values = torch.tensor([row[key] for row in rows if key in row], dtype=torch.float64)
+        if len(values):
+            summary[f"{prefix}{key}"] = float(values.mean())
+            summary[f"{prefix}{key}_median"] = float(values.median())
+    return summary
+
+
+def stage_evaluate(context: RunContext) -> None:
+    """Structure metrics of every folded test sequence against its true shape."""
+    from minifold.metrics import structure_metrics
+
+    if context.fold_result is None:
+        stage_fold(context)
+    predictions = context.predictions
+    mask = predictions["mask"]
+    values = structure_metrics(
+        context.fold_result.positions.to(predictions["positions"].dtype),
+        predictions["positions"],
+        mask,
+        pred_distances=predictions["distances"],
+    )
+    alphabet = context.datamodule.generator.alphabet if context.datamodule else None
+    sequences = alphabet.decode(predictions["tokens"]) if alphabet else [""] * len(mask)
+    rows = []
+    for i in range(len(mask)):
+        row = {"index": i, "sequence": sequences[i], "length": int(mask[i].sum())}
+        row.update({k: float(v[i]) for k, v in values.items()})
+        rows.append(row)
+    context.per_sequence = rows
+    context.metrics.update(summarise(rows, keys=[k for k in values]))
+    write_json_atomic(
+        context.out_dir / "metrics.json",
+        {"summary": context.metrics, "train": context.train_summary, "per_sequence": rows},
+    )
+
+
+# ---------------------------------------------------------------------------- report
+def stage_report(context: RunContext) -> None:
+    """Pictures, report.md and the W&B dashboard of this run."""
+    from minifold import report
+
+    report.write_run_report(context)
+
+
+def fold_sequence(context: RunContext) -> None:
+    """Predict, fold and draw one sequence given on the command line, beside its true shape."""
+    from minifold import report
+
+    cfg = context.cfg
+    generator = instantiate(cfg.generator)
+    sequence = str(cfg.sequence)
+    generator.alphabet.validate(sequence)  # before any work
+    model = load_model(context)
+    max_len = int(model.hparams.get("max_len") or generator.max_len)
+    if len(sequence) > max_len:
+        raise ValueError(f"sequence has length {len(sequence)}; this model takes at most {max_len}")
+    tokens, mask = generator.alphabet.encode_batch([sequence])
+    positions = generator(tokens, mask)
+    distances = torch.cdist(positions, positions)
+    batch = dict(tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1))
+    predictions = predict_batches(model, [batch])
+    context.predictions = predictions
+    context.fold_result = fold_predictions(context, predictions, trajectory=True)
+    report.write_sequence_report(context, sequence)
+
+
+def fold_matrix_file(context: RunContext) -> None:
+    """Fold a distance matrix from a .npy, .npz or .csv file (fold.input=path)."""
+    from minifold.folding import fold_file
+
+    folder = instantiate(context.cfg.folder)
+    positions = fold_file(context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir)
+    log.info("folded %s: %d points in %dD -> %s", context.cfg.fold.input, len(positions), context.dim, context.out_dir)
+
+
+def finish(context: RunContext) -> None:
+    """The closing summary table: test metrics, time per stage, the run dir."""
+    table = Table(title=f"minifold run: {context.cfg.task_name}")
+    table.add_column("quantity")
+    table.add_column("median", justify="right")
+    table.add_column("mean", justify="right")
+    for key in ("distance_mae", "lddt", "rmsd_over_rg", "gdt_ts"):
+        mean = context.metrics.get(f"test/{key}")
+        if mean is not None:
+            median = context.metrics[f"test/{key}_median"]
+            table.add_row(f"test {key}", f"{median:.4f}", f"{mean:.4f}")
+    for stage, seconds in context.timings.items():
+        table.add_row(f"time {stage}", f"{seconds:.1f} s", "")
+    table.add_row("run dir", str(context.out_dir), "")
+    console.print(table)
+    write_json_atomic(context.out_dir / "timings.json", context.timings)
