@@ -22,6 +22,26 @@ def project_root() -> str:
 
 if not OmegaConf.has_resolver("minifold_root"):
     OmegaConf.register_new_resolver("minifold_root", project_root)
+
+
+def run_group(default: str) -> str:
+    """Name grouping this job's runs: the sweep dir's name in a multirun, else `default`."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return f"{default}-{Path(hydra_cfg.sweep.dir).name}"
+    except ValueError:  # not inside a Hydra run (compose API, tests)
+        pass
+    return default
+
+
+if not OmegaConf.has_resolver("run_group"):
+    OmegaConf.register_new_resolver("run_group", run_group)
+if not OmegaConf.has_resolver("stages_name"):
+    OmegaConf.register_new_resolver("stages_name", lambda stages: "+".join(stages))
 if not OmegaConf.has_resolver("vocab_size"):
     # Token ids are PAD (0) plus one per letter.
     OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)

@@ -57,7 +57,7 @@ def _pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
 def write_run_report(context) -> None:
     """Draw the run's pictures, write report.md and send the same to W&B."""
     from minifold import viz
-    from minifold.stages import fold_predictions, write_json_atomic, write_text_atomic
+    from minifold.stages import fold_predictions, select_case, write_json_atomic, write_text_atomic
 
     out = context.out_dir
     pictures = dict(context.pictures)
@@ -86,17 +86,7 @@ def write_run_report(context) -> None:
         true_d = torch.cdist(predictions["positions"][median, :length], predictions["positions"][median, :length])
         viz.plot_distance_heatmaps(true_d, predictions["distances"][median, :length, :length], out / "distances_median.png")
         pictures["distances_median"] = "distances_median.png"
-        single = {
-            k: (v[median : median + 1, :length] if k != "distances" else v[median : median + 1, :length, :length])
-            for k, v in predictions.items()
-            if k not in ("bin_centers", "bin_edges", "std", "probabilities")
-        }
-        for key in ("std", "probabilities"):
-            if key in predictions:
-                single[key] = predictions[key][median : median + 1, :length, :length]
-        for key in ("bin_centers", "bin_edges"):
-            if key in predictions:
-                single[key] = predictions[key]
+        single = select_case(predictions, median)
         result = fold_predictions(context, single, trajectory=True)
         if result.trajectory:
             viz.folding_gif(

@@ -132,13 +132,16 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
+    """Instantiate the configured callbacks; a learning-rate monitor needs a logger."""
     callbacks = []
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
-        if callback_cfg and "_target_" in callback_cfg:
-            callbacks.append(instantiate(callback_cfg))
-        else:
-            log.debug("callback %s disabled", name)
+        if not callback_cfg or "_target_" not in callback_cfg:
+            continue
+        if not has_logger and callback_cfg["_target_"].endswith("LearningRateMonitor"):
+            log.info("callback %s skipped: it needs a logger", name)
+            continue
+        callbacks.append(instantiate(callback_cfg))
     return callbacks
 
 
@@ -238,8 +241,8 @@ def stage_train(context: RunContext) -> None:
     datamodule = get_datamodule(context)
     model = instantiate(cfg.model)
     history = HistoryCallback()
-    callbacks = build_callbacks(cfg) + [history]
     loggers = context.ensure_loggers()
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [history]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
@@ -314,27 +317,56 @@ def predict_batches(model, batches) -> dict[str, torch.Tensor]:
     longest = max(int(o["mask"].shape[1]) for o in outputs)
     merged: dict[str, torch.Tensor] = {}
     for key in outputs[0]:
-        if key in ("bin_centers", "bin_edges"):
+        if key in SHARED_KEYS:
             merged[key] = outputs[0][key]
             continue
-        parts = []
-        for out in outputs:
-            value = out[key]
-            pair = key in ("distances", "std", "probabilities")
-            parts.append(pad_to(value, longest, (1, 2) if pair else (1,)))
+        dims = (1, 2) if key in PAIR_KEYS else (1,)
+        parts = [pad_to(out[key], longest, dims) for out in outputs]
         merged[key] = torch.cat(parts)
     return merged
 
 
+PAIR_KEYS = ("distances", "std", "probabilities")
+SHARED_KEYS = ("bin_centers", "bin_edges")
+
+
+def select_case(predictions: dict, index: int) -> dict:
+    """One sequence of a prediction batch, as a batch of one trimmed to its length."""
+    length = int(predictions["mask"][index].sum())
+    case = {}
+    for key, value in predictions.items():
+        if key in SHARED_KEYS:
+            case[key] = value
+        elif key in PAIR_KEYS:
+            case[key] = value[index : index + 1, :length, :length]
+        elif value.dim() >= 2:
+            case[key] = value[index : index + 1, :length]
+        else:
+            case[key] = value[index : index + 1]
+    return case
+
+
 def fold_predictions(context: RunContext, predictions: dict, trajectory: bool = False):
-    """Fold every predicted distance matrix in one batched call of the configured Folder."""
+    """Fold every predicted distance matrix in one batched call of the configured Folder.
+
+    A distogram head's probabilities feed the distogram potential when the folder
+    asks for it; otherwise its per-pair standard deviations weigh the squared error
+    (uncertain pairs count less).
+    """
     folder = instantiate(context.cfg.folder)
     kwargs = {}
-    if "probabilities" in predictions and getattr(folder, "potential", "") == "distogram":
-        kwargs["probabilities"] = predictions["probabilities"]
-        kwargs["bin_centers"] = predictions["bin_centers"]
+    if folder.potential == "distogram":
+        if "probabilities" not in predictions:
+            raise ValueError(
+                "folder.potential=distogram needs distogram probabilities; "
+                "train with model/head=distogram or use folder=lbfgs"
+            )
+        kwargs.update(probabilities=predictions["probabilities"], bin_edges=predictions["bin_edges"])
     elif "std" in predictions:
-        kwargs["std"] = predictions["std"]
+        weights = 1.0 / (predictions["std"] ** 2 + folder.confidence_eps)
+        pairs = predictions["mask"][:, :, None] & predictions["mask"][:, None, :]
+        scale = (weights * pairs).sum((1, 2), keepdim=True) / pairs.sum((1, 2), keepdim=True).clamp_min(1)
+        kwargs["weights"] = weights * pairs / scale
     return folder(predictions["distances"], predictions["mask"], return_trajectory=trajectory, **kwargs)
 
 

@@ -1,0 +1,169 @@
+"""The real CLI (`python -m minifold.run`) on tiny settings, as users call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = ["debug=fast", "logger=none", "model.net.d_model=16", "model.net.ff_dim=32", "model.net.pair_dim=16"]
+
+
+def run_cli(root: Path, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MINIFOLD_ROOT=str(root), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "minifold.run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def only_dir(path: Path) -> Path:
+    dirs = [p for p in path.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One full default-shaped run (all stages) with offline W&B, shared by later tests."""
+    root = tmp_path_factory.mktemp("root")
+    run_cli(root, *[a for a in TINY if a != "logger=none"], "logger=[csv,wandb]", "hydra.run.dir=" + str(root / "run"))
+    return root / "run"
+
+
+def test_full_run_writes_metrics_report_and_pictures(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["summary"]["test/lddt"] >= 0.0
+    assert len(metrics["per_sequence"]) == 12
+    row = metrics["per_sequence"][0]
+    assert {"sequence", "length", "lddt", "rmsd_over_rg", "gdt_ts", "distance_mae"} <= set(row)
+    report = (trained / "report.md").read_text()
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {"fold_median.png", "folding_median.gif", "gallery.png", "distances_median.png"} <= set(pictures)
+    for name in pictures:
+        assert (trained / name).stat().st_size > 0, name
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    assert (trained / "config.yaml").exists() and (trained / "config_tree.txt").exists()
+    assert list((trained / "wandb").glob("offline-run-*")), "no offline W&B run"
+    assert (trained / "csv" / "metrics.csv").exists()
+
+
+def test_evaluate_a_checkpoint_without_training(trained, tmp_path):
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    run_cli(tmp_path, *TINY, f"ckpt_path={checkpoint}", "stages=[fold,evaluate,report]", f"hydra.run.dir={tmp_path}/eval",
+            f"paths.cache_dir={trained.parent}/outputs/cache")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert len(metrics["per_sequence"]) == 12
+    assert metrics["train"] == {}
+
+
+def test_fold_one_sequence(trained, tmp_path):
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    sequence = "abeaefcgeegaccffddeaggdheabbbaggaffd"
+    run_cli(tmp_path, *TINY, f"ckpt_path={checkpoint}", f"sequence={sequence}", f"hydra.run.dir={tmp_path}/seq")
+    out = tmp_path / "seq"
+    saved = json.loads((out / "sequence.json").read_text())
+    assert saved["sequence"] == sequence and 0.0 <= saved["metrics"]["lddt"] <= 1.0
+    assert (out / "shape.png").stat().st_size > 0 and (out / "folding.gif").stat().st_size > 0
+    assert np.load(out / "positions.npy").shape == (len(sequence), 2)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("sequence=abcz", "contains 'z'"), ("sequence=" + "a" * 45, "length 45"), ("dim=3", "dim=2")],
+)
+def test_fold_one_sequence_rejects_bad_input(trained, tmp_path, override, message):
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    args = [override] if override.startswith("sequence") else [override, "sequence=abcabc"]
+    result = run_cli(tmp_path, *TINY, f"ckpt_path={checkpoint}", *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_dim3_run(tmp_path):
+    run_cli(tmp_path, *TINY, "dim=3", "model=birnn", f"hydra.run.dir={tmp_path}/run3")
+    metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
+    assert len(metrics["per_sequence"]) == 12
+
+
+def test_generate_stage_writes_gallery(tmp_path):
+    result = run_cli(tmp_path, *TINY, "stages=[generate]", f"hydra.run.dir={tmp_path}/gen")
+    assert (tmp_path / "gen" / "gallery.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "gen" / "data_summary.json").read_text())
+    assert summary["sizes"] == {"train": 128, "val": 32, "test": 12} and summary["cache_hit"] is False
+    assert "cache miss" in result.stdout + result.stderr
+
+
+def test_fold_matrix_files(tmp_path):
+    rng = np.random.default_rng(0)
+    points = np.cumsum(rng.normal(size=(15, 2)), axis=0)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.save(tmp_path / "d.npy", distances)
+    np.savetxt(tmp_path / "d.csv", distances, delimiter=",")
+    for name in ("d.npy", "d.csv"):
+        out = tmp_path / f"out_{name}"
+        run_cli(tmp_path, "stages=[fold]", f"fold.input={tmp_path / name}", "logger=none", f"hydra.run.dir={out}")
+        positions = np.load(out / "positions.npy")
+        folded = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+        assert np.abs(folded - distances).max() < 1e-4
+    bad = distances.copy()
+    bad[0, 1] = -1.0
+    np.save(tmp_path / "bad.npy", bad)
+    result = run_cli(tmp_path, "stages=[fold]", f"fold.input={tmp_path / 'bad.npy'}", "logger=none",
+                     f"hydra.run.dir={tmp_path}/bad", check=False)
+    assert result.returncode != 0 and "negative" in result.stderr + result.stdout
+    assert not (tmp_path / "bad" / "positions.npy").exists()
+
+
+def test_bad_stage_is_rejected(tmp_path):
+    result = run_cli(tmp_path, *TINY, "stages=[generate,fly]", check=False)
+    assert result.returncode != 0 and "['fly'] are unknown" in result.stderr + result.stdout
+
+
+def sweep_dir(root: Path) -> Path:
+    return only_dir(root / "outputs" / "multiruns")
+
+
+def test_multirun_summary(tmp_path):
+    run_cli(tmp_path, "-m", *TINY, "generator.back_discount=0.0,0.5")
+    sweep = sweep_dir(tmp_path)
+    rows = (sweep / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:])
+    assert (sweep / "summary.md").exists() and (sweep / "summary.png").stat().st_size > 0
+    assert (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").exists()
+
+
+def test_multirun_failure_keeps_finished_jobs(tmp_path):
+    result = run_cli(tmp_path, "-m", *TINY, "data.batch_size=16,0", check=False)
+    assert result.returncode != 0
+    sweep = sweep_dir(tmp_path)
+    summary = (sweep / "summary.md").read_text()
+    assert "1 failed" in summary and "batch_size is 0" in summary
+    assert (sweep / "0" / "metrics.json").exists()
+
+
+def test_joblib_launcher(tmp_path):
+    run_cli(tmp_path, "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dim=2,3")
+    rows = (sweep_dir(tmp_path) / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and all(",ok," in row for row in rows[1:])
+
+
+def test_optuna_sweeper(tmp_path):
+    result = run_cli(tmp_path, *TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.sampler.n_startup_trials=2")
+    sweep = sweep_dir(tmp_path)
+    assert (sweep / "optimization_results.yaml").exists(), result.stdout[-2000:]
+    rows = (sweep / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
