@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY = ["debug=fast", "logger=none", "model.net.d_model=16", "model.net.ff_dim=32", "model.net.pair_dim=16"]
+TINY = ["debug=fast", "logger=none"]
 
 
 def run_cli(root: Path, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
