@@ -279,6 +279,7 @@ def stage_train(context: RunContext) -> None:
         "steps": trainer.global_step,
         "fit_seconds": fit_seconds,
         "parameters": parameters,
+        "world_size": trainer.world_size,
         "samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
         "best_checkpoint": best_path,
         **best,

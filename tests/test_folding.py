@@ -218,3 +218,14 @@ def test_fold_file_bad_input_writes_nothing(tmp_path):
     (tmp_path / "x.txt").write_text("1")
     with pytest.raises(ValueError, match="suffix"):
         fold_file(tmp_path / "x.txt", dim=2, out_dir=tmp_path / "out")
+
+
+def test_folder_rejects_bad_batches():
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    distances = pairwise_distances(chains(1, 4, 2))
+    with pytest.raises(ValueError, match="finite"):
+        Folder(dim=2)(distances.clone().fill_(torch.nan), mask)
+    with pytest.raises(ValueError, match="weights"):
+        Folder(dim=2)(distances, mask, weights=-torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match="distances has shape"):
+        Folder(dim=2)(distances[:, :3], mask)
