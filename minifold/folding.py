@@ -178,7 +178,9 @@ def _squared_distances(positions: Tensor) -> Tensor:
     for axis in range(columns.shape[-2]):
         column = columns[..., axis, :]
         difference = column[..., :, None] - column[..., None, :]
-        squared = difference * difference if squared is None else squared.addcmul_(difference, difference)
+        squared = (
+            difference * difference if squared is None else squared.addcmul_(difference, difference)
+        )
     return squared
 
 
@@ -481,7 +483,9 @@ class Folder:
             targets = distances.to(device=device, dtype=self.dtype)
         known = fit_weights > 0
         if not bool(torch.isfinite(targets[known]).all()) or bool((targets[known] < 0).any()):
-            raise ValueError("distances of known real pairs must be finite and >= 0; give unknown pairs weight 0")
+            raise ValueError(
+                "distances of known real pairs must be finite and >= 0; give unknown pairs weight 0"
+            )
         targets = torch.where(known, targets, 0.0)
         targets = 0.5 * (targets + targets.transpose(-1, -2))
 
@@ -524,9 +528,7 @@ class Folder:
             loss = loss * scale.repeat(repeat) ** 2
         result_positions = center(positions[pick] * unit, mask)
         if trajectory is not None:
-            trajectory = [
-                center(frame[pick] * unit, mask).to(out_dtype) for frame in trajectory
-            ]
+            trajectory = [center(frame[pick] * unit, mask).to(out_dtype) for frame in trajectory]
         return FoldResult(
             positions=result_positions.to(out_dtype),
             loss=loss[pick].to(out_dtype),
@@ -605,7 +607,9 @@ class Folder:
         positions = positions.clone()
         index = torch.arange(positions.shape[0], device=positions.device)
         working, problem = positions.clone(), stress
-        previous = torch.full((len(index),), float("inf"), dtype=positions.dtype, device=positions.device)
+        previous = torch.full(
+            (len(index),), float("inf"), dtype=positions.dtype, device=positions.device
+        )
         active = torch.ones(len(index), dtype=torch.bool, device=positions.device)
         for iteration in range(1, self.smacof_iterations + 1):
             following, loss = problem.guttman(working)
@@ -752,7 +756,9 @@ def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
     if bool(torch.isinf(values).any()):
         raise ValueError("distances contain inf in known entries; mark unknown pairs with mask")
     if bool((values < 0).any()):
-        raise ValueError(f"distances contain negative values (min {values.min().item():g}); need >= 0")
+        raise ValueError(
+            f"distances contain negative values (min {values.min().item():g}); need >= 0"
+        )
     scale = max(float(values.abs().max()) if values.numel() else 0.0, 1.0)
     tolerance = SYMMETRY_TOLERANCE * scale
     diagonal = torch.diagonal(distances)[torch.diagonal(known)]
@@ -913,7 +919,10 @@ def fold_file(
     from minifold.viz import plot_overlay
 
     plot_overlay(
-        positions, None, np.ones(len(positions), dtype=bool), out / "positions.png",
+        positions,
+        None,
+        np.ones(len(positions), dtype=bool),
+        out / "positions.png",
         title=f"folded {Path(path).name}",
     )
     log.info("folded %s (%d points) into %s", path, len(positions), out)

@@ -36,7 +36,9 @@ def _save_atomically(path, save) -> Path:
     """Run save(temporary_path) then rename onto `path`; the suffix is kept for the writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix
+    )
     os.close(handle)
     try:
         save(temporary)
@@ -72,7 +74,9 @@ def _draw_chain(axes, points: np.ndarray, dim: int, **style) -> None:
     axes.plot(*columns, marker="o", markersize=3, linewidth=1, **style)
 
 
-def plot_overlay(pred, true, mask, path, title: str | None = None, sequence: str | None = None) -> Path:
+def plot_overlay(
+    pred, true, mask, path, title: str | None = None, sequence: str | None = None
+) -> Path:
     """Predicted chain over the true one after superposition (mirror images allowed).
 
     Args:
@@ -86,7 +90,11 @@ def plot_overlay(pred, true, mask, path, title: str | None = None, sequence: str
         the path written
     """
     pred_t = torch.as_tensor(_numpy(pred))
-    mask_t = torch.as_tensor(_numpy(mask) > 0) if mask is not None else torch.ones(len(pred_t), dtype=torch.bool)
+    mask_t = (
+        torch.as_tensor(_numpy(mask) > 0)
+        if mask is not None
+        else torch.ones(len(pred_t), dtype=torch.bool)
+    )
     dim = pred_t.shape[-1]
     figure = plt.figure(figsize=(4, 4))
     axes = _axes(figure, dim, 1, 1, 1)
@@ -101,8 +109,12 @@ def plot_overlay(pred, true, mask, path, title: str | None = None, sequence: str
         label = "predicted"
     _draw_chain(axes, pred_points, dim, color="tab:blue", label=label)
     if sequence is not None:
-        shown = pred_points if dim >= 2 else np.concatenate([pred_points, np.zeros_like(pred_points)], -1)
-        for letter, point in zip(sequence, shown):
+        shown = (
+            pred_points
+            if dim >= 2
+            else np.concatenate([pred_points, np.zeros_like(pred_points)], -1)
+        )
+        for letter, point in zip(sequence, shown, strict=False):
             axes.text(*point[: 3 if dim >= 3 else 2], letter, fontsize=6)
     axes.legend(fontsize=7, loc="best")
     if title:
@@ -138,7 +150,9 @@ def plot_distance_heatmaps(true_distances, pred_distances, path) -> Path:
     return _save_figure(figure, path)
 
 
-def plot_shape_gallery(positions, mask, sequences: list[str], path, alphabet: str = "abcdefgh", columns: int = 4) -> Path:
+def plot_shape_gallery(
+    positions, mask, sequences: list[str], path, alphabet: str = "abcdefgh", columns: int = 4
+) -> Path:
     """A grid of a few shapes, points coloured by letter.
 
     Args:
@@ -199,7 +213,9 @@ def folding_gif(trajectory, path, true=None, fps: int = 10, mask=None) -> Path:
     stacked = stacked[:, real].numpy()
     figure = plt.figure(figsize=(3.5, 3.5))
     axes = _axes(figure, dim, 1, 1, 1)
-    reference = np.concatenate([stacked.reshape(-1, dim)] + ([true_t[real].numpy()] if true is not None else []))
+    reference = np.concatenate(
+        [stacked.reshape(-1, dim)] + ([true_t[real].numpy()] if true is not None else [])
+    )
     low, high = reference.min(0), reference.max(0)
     pad = 0.05 * float((high - low).max() + 1e-9)
 
@@ -222,7 +238,8 @@ def folding_gif(trajectory, path, true=None, fps: int = 10, mask=None) -> Path:
     movie = animation.FuncAnimation(figure, draw, frames=len(stacked), blit=False)
     try:
         return _save_atomically(
-            path, lambda name: movie.save(name, writer=animation.PillowWriter(fps=fps), dpi=FIGURE_DPI)
+            path,
+            lambda name: movie.save(name, writer=animation.PillowWriter(fps=fps), dpi=FIGURE_DPI),
         )
     finally:
         plt.close(figure)

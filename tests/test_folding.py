@@ -182,8 +182,16 @@ def _valid(num: int = 6) -> np.ndarray:
         (lambda: _valid() + np.eye(6), {}, "diagonal"),
         (lambda: _valid(), {"mask": np.ones((5, 5), dtype=bool)}, "mask has shape"),
         (lambda: _valid(), {"mask": np.ones((6, 6))}, "bool"),
-        (lambda: _valid(), {"mask": np.eye(6, k=1, dtype=bool) | np.eye(6, dtype=bool)}, "symmetric"),
-        (lambda: _valid(), {"mask": np.kron(np.eye(2), np.ones((3, 3))).astype(bool)}, "disconnected"),
+        (
+            lambda: _valid(),
+            {"mask": np.eye(6, k=1, dtype=bool) | np.eye(6, dtype=bool)},
+            "symmetric",
+        ),
+        (
+            lambda: _valid(),
+            {"mask": np.kron(np.eye(2), np.ones((3, 3))).astype(bool)},
+            "disconnected",
+        ),
         (lambda: _valid(), {"dim": 0}, "dim"),
         (lambda: _valid(), {"dim": 7}, "dim"),
         (lambda: np.zeros((0, 0)), {}, "empty"),

@@ -47,7 +47,8 @@ def test_superpose_recovers_rotations_and_mirrors():
         proper = [True, False, True, False]
         moved = torch.stack(
             [
-                target[i] @ random_rotation(dim, generator, proper[i]) + torch.randn(dim, generator=generator, dtype=torch.float64)
+                target[i] @ random_rotation(dim, generator, proper[i])
+                + torch.randn(dim, generator=generator, dtype=torch.float64)
                 for i in range(4)
             ]
         )

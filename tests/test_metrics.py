@@ -24,7 +24,9 @@ METRICS = (rmsd, rmsd_over_rg, drmsd, lddt, gdt_ts)
 
 def chains(batch: int, num: int, dim: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.cumsum(torch.tanh(torch.randn(batch, num, dim, generator=generator, dtype=torch.float64)), 1)
+    return torch.cumsum(
+        torch.tanh(torch.randn(batch, num, dim, generator=generator, dtype=torch.float64)), 1
+    )
 
 
 def test_hand_computed_cases():
@@ -36,7 +38,10 @@ def test_hand_computed_cases():
     deviations = torch.tensor([1.5, 0.5, 0.5, 1.5], dtype=torch.float64)
     torch.testing.assert_close(rmsd(pred, true, mask), (deviations**2).mean().sqrt()[None])
     # distances double: differences 1,2,3 for pairs at 1,2,3 apart (each twice)
-    torch.testing.assert_close(drmsd(pred, true, mask), torch.tensor([math.sqrt((3 * 1 + 2 * 4 + 9) / 6)], dtype=torch.float64))
+    torch.testing.assert_close(
+        drmsd(pred, true, mask),
+        torch.tensor([math.sqrt((3 * 1 + 2 * 4 + 9) / 6)], dtype=torch.float64),
+    )
     rg = math.sqrt((1.5**2 * 2 + 0.5**2 * 2) / 4)
     torch.testing.assert_close(rmsd_over_rg(pred, true, mask), rmsd(pred, true, mask) / rg)
     assert rmsd(true, true, mask).item() == pytest.approx(0, abs=1e-12)
@@ -60,7 +65,9 @@ def test_invariant_to_rotation_translation_and_mirror():
         for transform in (q, mirror, q @ mirror):
             moved = pred @ transform + 3.0
             for metric in METRICS:
-                torch.testing.assert_close(metric(moved, true, mask), metric(pred, true, mask), atol=1e-10, rtol=0)
+                torch.testing.assert_close(
+                    metric(moved, true, mask), metric(pred, true, mask), atol=1e-10, rtol=0
+                )
 
 
 def test_padding_and_batch_order_do_not_matter():

@@ -25,11 +25,26 @@ def test_pictures_are_written(tmp_path, dim):
     folder = Folder(dim=dim, init="random", smacof_iterations=4, max_iter=6, trajectory_every=2)
     result = folder(pairwise_distances(true), mask, return_trajectory=True)
     paths = [
-        viz.plot_overlay(result.positions[0], true[0].numpy(), mask[0], tmp_path / "overlay.png", title="x", sequence="abcdefghabcd"),
+        viz.plot_overlay(
+            result.positions[0],
+            true[0].numpy(),
+            mask[0],
+            tmp_path / "overlay.png",
+            title="x",
+            sequence="abcdefghabcd",
+        ),
         viz.plot_overlay(result.positions[0], None, None, tmp_path / "alone.png"),
-        viz.plot_distance_heatmaps(pairwise_distances(true[0]), pairwise_distances(result.positions[0]).numpy(), tmp_path / "heat.png"),
-        viz.plot_shape_gallery(true, mask, ["abcdefghabcd", "hgfedcbahgfe", "aaaabbbbc"], tmp_path / "gallery.png"),
-        viz.folding_gif([frame[0] for frame in result.trajectory], tmp_path / "fold.gif", true=true[0], fps=5),
+        viz.plot_distance_heatmaps(
+            pairwise_distances(true[0]),
+            pairwise_distances(result.positions[0]).numpy(),
+            tmp_path / "heat.png",
+        ),
+        viz.plot_shape_gallery(
+            true, mask, ["abcdefghabcd", "hgfedcbahgfe", "aaaabbbbc"], tmp_path / "gallery.png"
+        ),
+        viz.folding_gif(
+            [frame[0] for frame in result.trajectory], tmp_path / "fold.gif", true=true[0], fps=5
+        ),
     ]
     for path in paths:
         assert path.exists() and path.stat().st_size > 0
@@ -40,4 +55,6 @@ def test_pictures_are_written(tmp_path, dim):
 
 def test_gallery_needs_one_sequence_per_shape(tmp_path):
     with pytest.raises(ValueError, match="sequences"):
-        viz.plot_shape_gallery(chains(2, 5, 2), torch.ones(2, 5, dtype=torch.bool), ["abc"], tmp_path / "g.png")
+        viz.plot_shape_gallery(
+            chains(2, 5, 2), torch.ones(2, 5, dtype=torch.bool), ["abc"], tmp_path / "g.png"
+        )
