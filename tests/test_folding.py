@@ -237,3 +237,25 @@ def test_folder_rejects_bad_batches():
         Folder(dim=2)(distances, mask, weights=-torch.ones(1, 4, 4))
     with pytest.raises(ValueError, match="distances has shape"):
         Folder(dim=2)(distances[:, :3], mask)
+
+
+@pytest.mark.parametrize("option", ["lbfgs", "smacof", "distogram"])
+def test_folder_configs_instantiate(option):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        config = compose("config", overrides=[f"folder={option}", "dim=3"])
+    folder = instantiate(config.folder)
+    assert isinstance(folder, Folder) and folder.dim == 3
+
+
+def test_package_level_fold():
+    import minifold
+
+    true = chains(1, 7, 2)[0]
+    positions = minifold.fold(pairwise_distances(true).numpy(), dim=2)
+    assert positions.shape == (7, 2)

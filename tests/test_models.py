@@ -29,28 +29,52 @@ VOCAB = 9
 TINY_NETS = {
     "transformer": dict(
         _target_="minifold.models.transformer.TransformerBackbone",
-        vocab_size=VOCAB, d_model=16, num_heads=2, ff_dim=32, num_layers=1, pair_dim=8,
-        chain_groups=2, chain_group_dim=2,
+        vocab_size=VOCAB,
+        d_model=16,
+        num_heads=2,
+        ff_dim=32,
+        num_layers=1,
+        pair_dim=8,
+        chain_groups=2,
+        chain_group_dim=2,
     ),
     "transformer_plain": dict(
         _target_="minifold.models.transformer.TransformerBackbone",
-        vocab_size=VOCAB, d_model=16, num_heads=2, ff_dim=32, num_layers=1, pair_dim=8,
+        vocab_size=VOCAB,
+        d_model=16,
+        num_heads=2,
+        ff_dim=32,
+        num_layers=1,
+        pair_dim=8,
         relative_position=False,
     ),
     "pair_resnet": dict(
         _target_="minifold.models.pair_resnet.PairResNetBackbone",
-        vocab_size=VOCAB, embed_dim=8, conv1d_layers=1, channels=8, num_blocks=4,
-        chain_groups=2, chain_group_dim=2,
+        vocab_size=VOCAB,
+        embed_dim=8,
+        conv1d_layers=1,
+        channels=8,
+        num_blocks=4,
+        chain_groups=2,
+        chain_group_dim=2,
     ),
     "birnn": dict(
         _target_="minifold.models.birnn.BiRNNBackbone",
-        vocab_size=VOCAB, embed_dim=8, hidden_size=8, num_layers=2, pair_hidden=8, pair_dim=8,
-        chain_groups=2, chain_group_dim=2,
+        vocab_size=VOCAB,
+        embed_dim=8,
+        hidden_size=8,
+        num_layers=2,
+        pair_hidden=8,
+        pair_dim=8,
+        chain_groups=2,
+        chain_group_dim=2,
     ),
 }
 TINY_HEADS = {
     "regression": dict(_target_="minifold.models.heads.RegressionHead"),
-    "distogram": dict(_target_="minifold.models.heads.DistogramHead", num_bins=16, max_distance=4.0),
+    "distogram": dict(
+        _target_="minifold.models.heads.DistogramHead", num_bins=16, max_distance=4.0
+    ),
 }
 ADAM = dict(_target_="torch.optim.AdamW", _partial_=True, lr=3e-3)
 
@@ -72,7 +96,9 @@ def make_batch(num: int = 6, seed: int = 0, dim: int = 2) -> dict[str, torch.Ten
     tokens, mask = tokens[:, :longest], mask[:, :longest]
     positions = generator(tokens)
     distances = torch.cdist(positions, positions) * pair_mask(mask)
-    return dict(tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1))
+    return dict(
+        tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1)
+    )
 
 
 def make_module(net: str, head: str, **kwargs) -> DistanceModule:
@@ -183,8 +209,12 @@ def _datamodule():
 
 def _trainer(**kwargs) -> L.Trainer:
     defaults = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     return L.Trainer(**{**defaults, **kwargs})
 
@@ -197,8 +227,13 @@ def test_tiny_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
     trainer = _trainer(max_steps=30, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     metrics = trainer.callback_metrics
-    for key in ("train/loss_epoch", "val/loss", "val/distance_mae", "val/distance_rmse",
-                "val/lddt_distances"):
+    for key in (
+        "train/loss_epoch",
+        "val/loss",
+        "val/distance_mae",
+        "val/distance_rmse",
+        "val/lddt_distances",
+    ):
         assert key in metrics, key
     assert metrics["val/loss"] < before
     # the distogram's range came from the training data
@@ -216,7 +251,9 @@ def test_tiny_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
         torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
 
     results = _trainer().test(reloaded, datamodule=datamodule, verbose=False)[0]
-    assert {"test/loss", "test/distance_mae", "test/distance_rmse", "test/lddt_distances"} <= set(results)
+    assert {"test/loss", "test/distance_mae", "test/distance_rmse", "test/lddt_distances"} <= set(
+        results
+    )
     predictions = _trainer().predict(reloaded, datamodule=datamodule)
     assert predictions[0]["distances"].shape[0] == 32
 
@@ -224,7 +261,9 @@ def test_tiny_fit_lowers_loss_and_checkpoint_reloads(tmp_path):
 def test_regression_fit_lowers_loss():
     datamodule = _datamodule()
     module = make_module("birnn", "regression")
-    before = _trainer().validate(module, datamodule=datamodule, verbose=False)[0]["val/distance_mae"]
+    before = _trainer().validate(module, datamodule=datamodule, verbose=False)[0][
+        "val/distance_mae"
+    ]
     _trainer(max_steps=30, num_sanity_val_steps=0).fit(module, datamodule=datamodule)
     after = _trainer().validate(module, datamodule=datamodule, verbose=False)[0]["val/distance_mae"]
     assert after < before

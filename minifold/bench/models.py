@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import minifold
 from minifold.data.generator import ShapeGenerator
-from minifold.geometry import pair_mask
 from minifold.metrics import distance_mae, lddt_distances
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("transformer", "transformer_reference", "pair_resnet", "birnn")
 
 
-def model_config(name: str, head: str = "regression", dim: int = 2, conf_dir: Path | None = None) -> DictConfig:
+def model_config(
+    name: str, head: str = "regression", dim: int = 2, conf_dir: Path | None = None
+) -> DictConfig:
     """conf/model/<name>.yaml with conf/model/head/<head>.yaml, resolved against a minimal root."""
     conf_dir = conf_dir or Path(minifold.project_root()) / "conf"
     path = conf_dir / "model" / f"{name}.yaml"
@@ -75,7 +76,9 @@ class WallClockEvaluation(L.Callback):
     evaluations themselves.
     """
 
-    def __init__(self, budgets_s: tuple[float, ...], batches: list[dict[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, budgets_s: tuple[float, ...], batches: list[dict[str, torch.Tensor]]
+    ) -> None:
         self.budgets_s = sorted(float(b) for b in budgets_s)
         self.batches = batches
         self.results: dict[float, dict[str, float]] = {}
@@ -106,7 +109,7 @@ def run(
     budgets_s: tuple[float, ...] = (120, 300, 900),
     models: tuple[str, ...] = DEFAULT_MODELS,
     head: str = "regression",
-    threads: int = 2,
+    threads: int | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -117,18 +120,19 @@ def run(
         budgets_s: training seconds after which to score (ignored when quick).
         models: names of conf/model/*.yaml.
         head: name of conf/model/head/*.yaml.
-        threads: torch threads.
-        cache_dir: where the data module caches the data (None: in memory).
+        threads: torch threads (None keeps the current setting).
+        cache_dir: where the data module caches the data (None: outputs/cache, as the pipeline).
         seed: seed of each model's initialisation.
     Returns:
         {"budgets_s": [...], "threads": int, "models": {name: {"parameters", "samples_per_s",
-        "steps", "budgets": {budget: {"val/distance_mae", "val/lddt_distances", ...}}}}}
+        "steps", "budgets": {"<seconds>": {"val/distance_mae", "val/lddt_distances", ...}}}}}
     """
     from minifold.data.datamodule import ShapeDataModule
 
     if quick:
         budgets_s = (5, 10)
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     datamodule = ShapeDataModule(
         generator=ShapeGenerator(dim=2),
         num_train=20000,
@@ -136,7 +140,7 @@ def run(
         num_test=500,
         batch_size=64,
         seed=1234,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir or str(Path(minifold.project_root()) / "outputs" / "cache"),
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -145,7 +149,11 @@ def run(
         datamodule.batch("val", list(range(start, min(start + 256, num_val))))
         for start in range(0, num_val, 256)
     ]
-    results: dict[str, Any] = {"budgets_s": list(budgets_s), "threads": threads, "models": {}}
+    results: dict[str, Any] = {
+        "budgets_s": list(budgets_s),
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
     for name in models:
         L.seed_everything(seed, workers=True, verbose=False)
         module = instantiate(model_config(name, head))
@@ -168,7 +176,7 @@ def run(
             "parameters": sum(p.numel() for p in module.parameters()),
             "samples_per_s": callback.samples / max(callback.training_s, 1e-9),
             "steps": callback.steps,
-            "budgets": callback.results,
+            "budgets": {f"{b:g}": r for b, r in callback.results.items()},
         }
         log.info("%s: %s", name, results["models"][name])
     return results
@@ -191,7 +199,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|" + "---|" * len(header),
     ]
     for name, model in results["models"].items():
-        scores = [model["budgets"].get(b, model["budgets"].get(float(b))) for b in budgets]
+        scores = [model["budgets"].get(f"{float(b):g}") for b in budgets]
         row = [name, f"{model['parameters']:,}", f"{model['samples_per_s']:.0f}"]
         row += [f"{s['val/distance_mae']:.4f}" if s else "-" for s in scores]
         row += [f"{s['val/lddt_distances']:.3f}" if s else "-" for s in scores]

@@ -33,7 +33,9 @@ def _masked_mean(values: Tensor, pair_mask: Tensor) -> Tensor:
     """Mean of [B, N, N] `values` over the True entries of `pair_mask` (0 if there are none)."""
     weights = pair_mask.to(values.dtype)
     # where() rather than multiplication, so a NaN/inf at a padded pair cannot leak in.
-    return torch.where(pair_mask, values, torch.zeros_like(values)).sum() / weights.sum().clamp_min(1)
+    return torch.where(pair_mask, values, torch.zeros_like(values)).sum() / weights.sum().clamp_min(
+        1
+    )
 
 
 class RegressionHead(nn.Module):
@@ -102,7 +104,9 @@ class DistogramHead(nn.Module):
         if num_bins < 2:
             raise ValueError(f"head.num_bins is {num_bins}; a distogram needs at least 2 bins")
         if margin < 1.0:
-            raise ValueError(f"head.margin is {margin}; it must be >= 1 so the range covers the data")
+            raise ValueError(
+                f"head.margin is {margin}; it must be >= 1 so the range covers the data"
+            )
         self.num_bins = int(num_bins)
         self.margin = float(margin)
         self.projection = nn.Linear(pair_dim, num_bins)

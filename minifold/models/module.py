@@ -244,7 +244,9 @@ class DistanceModule(L.LightningModule):
         self.eval()
         try:
             mask = tokens != 0 if mask is None else mask.bool()
-            return self.predict_step({"tokens": tokens.to(self.device), "mask": mask.to(self.device)})
+            return self.predict_step(
+                {"tokens": tokens.to(self.device), "mask": mask.to(self.device)}
+            )
         finally:
             self.train(was_training)
 

@@ -100,7 +100,9 @@ class PairResNetBackbone(nn.Module):
         self.left = nn.Linear(embed_dim, channels)
         self.right = nn.Linear(embed_dim, channels)
         self.chain = (
-            ChainPairFeatures(embed_dim, chain_groups, chain_group_dim) if chain_groups > 0 else None
+            ChainPairFeatures(embed_dim, chain_groups, chain_group_dim)
+            if chain_groups > 0
+            else None
         )
         self.chain_projection = nn.Linear(chain_groups, channels) if chain_groups > 0 else None
         self.blocks = nn.ModuleList(

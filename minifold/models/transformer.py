@@ -68,7 +68,9 @@ class ChainPairFeatures(nn.Module):
     def __init__(self, in_dim: int, groups: int, group_dim: int) -> None:
         super().__init__()
         if groups < 1 or group_dim < 1:
-            raise ValueError(f"chain features need groups >= 1 and group_dim >= 1, got {groups}, {group_dim}")
+            raise ValueError(
+                f"chain features need groups >= 1 and group_dim >= 1, got {groups}, {group_dim}"
+            )
         self.groups = int(groups)
         self.group_dim = int(group_dim)
         self.steps = nn.Linear(in_dim, self.groups * self.group_dim)
