@@ -53,8 +53,8 @@ wandb-sync: $(STAMP) ## upload every offline W&B run under outputs/ (needs an ac
 	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 20 $(VENV)/bin/wandb sync
 
 lint: $(STAMP) ## ruff check and format check
-	$(VENV)/bin/ruff check minifold tests
-	$(VENV)/bin/ruff format --check minifold tests
+	$(VENV)/bin/ruff check minifold tests hydra_plugins
+	$(VENV)/bin/ruff format --check minifold tests hydra_plugins
 
 clean: ## remove outputs and caches (keeps .venv)
 	rm -rf outputs/* .pytest_cache .ruff_cache

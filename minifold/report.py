@@ -83,8 +83,12 @@ def write_run_report(context) -> None:
             pictures[f"fold_{name}"] = path.name
         median = cases["median"]
         length = context.per_sequence[median]["length"]
-        true_d = torch.cdist(predictions["positions"][median, :length], predictions["positions"][median, :length])
-        viz.plot_distance_heatmaps(true_d, predictions["distances"][median, :length, :length], out / "distances_median.png")
+        true_d = torch.cdist(
+            predictions["positions"][median, :length], predictions["positions"][median, :length]
+        )
+        viz.plot_distance_heatmaps(
+            true_d, predictions["distances"][median, :length, :length], out / "distances_median.png"
+        )
         pictures["distances_median"] = "distances_median.png"
         single = select_case(predictions, median)
         result = fold_predictions(context, single, trajectory=True)
@@ -101,12 +105,18 @@ def write_run_report(context) -> None:
     lines = [f"# minifold run: {context.cfg.task_name}", "", f"Run dir: `{out}`", ""]
     lines += ["## Test metrics (after folding)", "", "| metric | median | mean |", "|---|---|---|"]
     for key, value in context.metrics.items():
-        if key.startswith("test/") and not key.endswith("_median") and f"{key}_median" in context.metrics:
+        if (
+            key.startswith("test/")
+            and not key.endswith("_median")
+            and f"{key}_median" in context.metrics
+        ):
             lines.append(f"| {key} | {context.metrics[key + '_median']:.4f} | {value:.4f} |")
     if context.train_summary:
         lines += ["", "## Training", "", "| quantity | value |", "|---|---|"]
         for key, value in context.train_summary.items():
-            lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+            lines.append(
+                f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+            )
     if context.timings:
         lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in context.timings.items()]
@@ -166,21 +176,43 @@ def write_sequence_report(context, sequence: str) -> None:
     )
     metrics = {k: float(v[0]) for k, v in values.items()}
     title = f"{sequence[:24]}{'...' if len(sequence) > 24 else ''}: lDDT {metrics['lddt']:.3f}, RMSD {metrics['rmsd']:.3f}"
-    viz.plot_overlay(result.positions[0], predictions["positions"][0], None, out / "shape.png", title=title, sequence=sequence)
+    viz.plot_overlay(
+        result.positions[0],
+        predictions["positions"][0],
+        None,
+        out / "shape.png",
+        title=title,
+        sequence=sequence,
+    )
     pictures = {"shape": "shape.png"}
     if result.trajectory:
-        viz.folding_gif([frame[0] for frame in result.trajectory], out / "folding.gif", true=predictions["positions"][0])
+        viz.folding_gif(
+            [frame[0] for frame in result.trajectory],
+            out / "folding.gif",
+            true=predictions["positions"][0],
+        )
         pictures["folding"] = "folding.gif"
     import numpy as np
 
     np.save(out / "positions.npy", result.positions[0].cpu().numpy())
-    write_json_atomic(out / "sequence.json", {"sequence": sequence, "metrics": metrics, "pictures": pictures})
+    write_json_atomic(
+        out / "sequence.json", {"sequence": sequence, "metrics": metrics, "pictures": pictures}
+    )
     lines = [f"# Folding `{sequence}`", ""]
-    lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
-    lines += ["", "![shape](shape.png)", ""] + (["![folding](folding.gif)", ""] if "folding" in pictures else [])
+    lines += ["| metric | value |", "|---|---|"] + [
+        f"| {k} | {v:.4f} |" for k, v in metrics.items()
+    ]
+    lines += ["", "![shape](shape.png)", ""] + (
+        ["![folding](folding.gif)", ""] if "folding" in pictures else []
+    )
     write_text_atomic(out / "report.md", "\n".join(lines))
     context.metrics.update({f"sequence/{k}": v for k, v in metrics.items()})
-    log.info("sequence %s: %s -> %s", sequence, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), out)
+    log.info(
+        "sequence %s: %s -> %s",
+        sequence,
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        out,
+    )
 
 
 # -------------------------------------------------------------------- sweep summary
@@ -215,13 +247,18 @@ def _job_result(config: DictConfig, job_return: Any) -> dict:
     if result["status"] == "failed":
         error = job_return._return_value
         result["error"] = f"{type(error).__name__}: {error}"
-        result["traceback"] = "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else ""
+        result["traceback"] = (
+            "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else ""
+        )
     return result
 
 
 def collect_results(sweep_dir: Path) -> list[dict]:
     rows = []
-    for path in sorted(sweep_dir.glob("*/result.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
+    for path in sorted(
+        sweep_dir.glob("*/result.json"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    ):
         try:
             rows.append(json.loads(path.read_text()))
         except json.JSONDecodeError:
@@ -236,7 +273,17 @@ def _fmt(value: Any) -> str:
 
 
 def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    columns = ["job", "status", "model", "dim", "back_discount", *SUMMARY_METRICS, "fit_seconds", "overrides", "error"]
+    columns = [
+        "job",
+        "status",
+        "model",
+        "dim",
+        "back_discount",
+        *SUMMARY_METRICS,
+        "fit_seconds",
+        "overrides",
+        "error",
+    ]
     body = []
     for row in rows:
         cells = []
@@ -265,7 +312,9 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
             axis = axes[row_index, column]
             for model in sorted({str(r["model"]) for r in done}):
                 points = sorted(
-                    (float(r["back_discount"]), r[key]) for r in done if r["dim"] == dim and str(r["model"]) == model
+                    (float(r["back_discount"]), r[key])
+                    for r in done
+                    if r["dim"] == dim and str(r["model"]) == model
                 )
                 if points:
                     xs, ys = zip(*points, strict=True)
@@ -291,13 +340,27 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     writer.writerows(body)
     write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
     failed = [r for r in rows if r["status"] != "ok"]
-    lines = [f"# Sweep summary: {sweep_dir.name}", "", f"{len(rows)} jobs, {len(failed)} failed.", ""]
+    lines = [
+        f"# Sweep summary: {sweep_dir.name}",
+        "",
+        f"{len(rows)} jobs, {len(failed)} failed.",
+        "",
+    ]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     if plot_sweep(rows, sweep_dir / "summary.png"):
         lines += ["", "![summary](summary.png)"]
     for row in failed:
-        lines += ["", f"## Job {row['job']} failed", "", f"Dir: `{row['dir']}`", "", "```", row.get("error", ""), "```"]
+        lines += [
+            "",
+            f"## Job {row['job']} failed",
+            "",
+            f"Dir: `{row['dir']}`",
+            "",
+            "```",
+            row.get("error", ""),
+            "```",
+        ]
     write_text_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
@@ -328,7 +391,9 @@ class SweepSummaryCallback(Callback):
             if experiment:
                 publish_experiment(sweep_dir, str(experiment), rows)
         if result["status"] != "ok":
-            log.error("job %s failed (%s); see %s", result["job"], result.get("error"), result["dir"])
+            log.error(
+                "job %s failed (%s); see %s", result["job"], result.get("error"), result["dir"]
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -375,7 +440,9 @@ def main(argv: list[str]) -> int:
     """`python -m minifold.report experiments` rebuilds every experiment README;
     `python -m minifold.report <sweep_dir>` rebuilds one sweep's summary."""
     if not argv or argv[0] == "experiments":
-        folders = [p for p in sorted(experiments_dir().iterdir()) if p.is_dir() and p.name != "experiment"]
+        folders = [
+            p for p in sorted(experiments_dir().iterdir()) if p.is_dir() and p.name != "experiment"
+        ]
         for folder in folders:
             print(f"{folder.name}: {'refreshed' if refresh_readme(folder) else 'no results yet'}")
         return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import minifold  # noqa: F401  (registers the OmegaConf resolvers the configs use)
 from minifold import stages
@@ -35,7 +35,9 @@ def validate(cfg: DictConfig) -> None:
     if int(cfg.dim) < 2:
         raise ValueError(f"dim is {cfg.dim}; shapes need dim >= 2 (2 or 3 are usual)")
     if cfg.get("sequence") and not cfg.get("ckpt_path") and "train" not in cfg.stages:
-        raise ValueError("sequence=... needs a trained model: give ckpt_path=... or add stage train")
+        raise ValueError(
+            "sequence=... needs a trained model: give ckpt_path=... or add stage train"
+        )
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -124,7 +123,11 @@ def build_loggers(cfg: DictConfig) -> list:
             continue
         logger = instantiate(logger_cfg)
         loggers.append(logger)
-        log.info("logger %s -> %s", name, getattr(logger, "save_dir", None) or getattr(logger, "log_dir", ""))
+        log.info(
+            "logger %s -> %s",
+            name,
+            getattr(logger, "save_dir", None) or getattr(logger, "log_dir", ""),
+        )
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams.pop("hydra", None)
     for logger in loggers:
@@ -173,7 +176,11 @@ def stage_generate(context: RunContext) -> None:
     sequences = datamodule.generator.alphabet.decode(batch["tokens"])
     path = context.out_dir / "gallery.png"
     viz.plot_shape_gallery(
-        batch["positions"], batch["mask"], sequences, path, alphabet=datamodule.generator.alphabet.letters
+        batch["positions"],
+        batch["mask"],
+        sequences,
+        path,
+        alphabet=datamodule.generator.alphabet.letters,
     )
     context.pictures["gallery"] = path.name
     write_json_atomic(context.out_dir / "data_summary.json", summary)
@@ -223,7 +230,9 @@ def load_model(context: RunContext):
         return context.model
     ckpt_path = context.cfg.get("ckpt_path")
     if not ckpt_path:
-        raise ValueError("no model: run the train stage or give ckpt_path=<run>/checkpoints/best.ckpt")
+        raise ValueError(
+            "no model: run the train stage or give ckpt_path=<run>/checkpoints/best.ckpt"
+        )
     if not Path(ckpt_path).exists():
         raise ValueError(f"ckpt_path {ckpt_path} does not exist")
     from minifold.models.module import DistanceModule
@@ -269,10 +278,16 @@ def stage_train(context: RunContext) -> None:
     test_metrics = {}
     if trainer.world_size == 1 and not getattr(trainer, "fast_dev_run", False):
         test_metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    best = {k: v for k, v in (history.rows[-1] if history.rows else {}).items() if k.startswith("val/")}
+    best = {
+        k: v for k, v in (history.rows[-1] if history.rows else {}).items() if k.startswith("val/")
+    }
     val_rows = [r for r in history.rows if "val/distance_mae" in r]
     if val_rows:
-        best = {k: v for k, v in min(val_rows, key=lambda r: r["val/distance_mae"]).items() if k.startswith("val/")}
+        best = {
+            k: v
+            for k, v in min(val_rows, key=lambda r: r["val/distance_mae"]).items()
+            if k.startswith("val/")
+        }
     parameters = sum(p.numel() for p in model.parameters())
     context.train_summary = {
         "epochs": trainer.current_epoch,
@@ -362,13 +377,19 @@ def fold_predictions(context: RunContext, predictions: dict, trajectory: bool = 
                 "folder.potential=distogram needs distogram probabilities; "
                 "train with model/head=distogram or use folder=lbfgs"
             )
-        kwargs.update(probabilities=predictions["probabilities"], bin_edges=predictions["bin_edges"])
+        kwargs.update(
+            probabilities=predictions["probabilities"], bin_edges=predictions["bin_edges"]
+        )
     elif "std" in predictions:
         weights = 1.0 / (predictions["std"] ** 2 + folder.confidence_eps)
         pairs = predictions["mask"][:, :, None] & predictions["mask"][:, None, :]
-        scale = (weights * pairs).sum((1, 2), keepdim=True) / pairs.sum((1, 2), keepdim=True).clamp_min(1)
+        scale = (weights * pairs).sum((1, 2), keepdim=True) / pairs.sum(
+            (1, 2), keepdim=True
+        ).clamp_min(1)
         kwargs["weights"] = weights * pairs / scale
-    return folder(predictions["distances"], predictions["mask"], return_trajectory=trajectory, **kwargs)
+    return folder(
+        predictions["distances"], predictions["mask"], return_trajectory=trajectory, **kwargs
+    )
 
 
 def stage_fold(context: RunContext) -> None:
@@ -381,7 +402,9 @@ def stage_fold(context: RunContext) -> None:
     seconds = time.perf_counter() - started
     context.predictions = predictions
     count = predictions["mask"].shape[0]
-    log.info("folded %d test sequences in %.2f s (%.0f sequences/s)", count, seconds, count / seconds)
+    log.info(
+        "folded %d test sequences in %.2f s (%.0f sequences/s)", count, seconds, count / seconds
+    )
 
 
 # -------------------------------------------------------------------------- evaluate
@@ -448,7 +471,9 @@ def fold_sequence(context: RunContext) -> None:
     tokens, mask = generator.alphabet.encode_batch([sequence])
     positions = generator(tokens, mask)
     distances = torch.cdist(positions, positions)
-    batch = dict(tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1))
+    batch = dict(
+        tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1)
+    )
     predictions = predict_batches(model, [batch])
     context.predictions = predictions
     context.fold_result = fold_predictions(context, predictions, trajectory=True)
@@ -460,8 +485,16 @@ def fold_matrix_file(context: RunContext) -> None:
     from minifold.folding import fold_file
 
     folder = instantiate(context.cfg.folder)
-    positions = fold_file(context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir)
-    log.info("folded %s: %d points in %dD -> %s", context.cfg.fold.input, len(positions), context.dim, context.out_dir)
+    positions = fold_file(
+        context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir
+    )
+    log.info(
+        "folded %s: %d points in %dD -> %s",
+        context.cfg.fold.input,
+        len(positions),
+        context.dim,
+        context.out_dir,
+    )
 
 
 def finish(context: RunContext) -> None:

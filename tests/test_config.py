@@ -11,7 +11,17 @@ from omegaconf import OmegaConf
 import minifold  # noqa: F401  (resolvers)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["generator", "data", "model", "trainer", "folder", "logger", "callbacks", "debug", "hparams_search"]
+GROUPS = [
+    "generator",
+    "data",
+    "model",
+    "trainer",
+    "folder",
+    "logger",
+    "callbacks",
+    "debug",
+    "hparams_search",
+]
 
 
 def options(group):
@@ -34,7 +44,8 @@ def test_every_group_exists_with_options():
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_option_composes_and_resolves(group, option, tmp_path):
     cfg = compose_config(
-        [f"{group}={option}", f"paths.log_dir={tmp_path}", "hydra.run.dir=."], return_hydra_config=True
+        [f"{group}={option}", f"paths.log_dir={tmp_path}", "hydra.run.dir=."],
+        return_hydra_config=True,
     )
     cfg.paths.output_dir = str(tmp_path)  # the hydra resolver is not live outside a run
     OmegaConf.resolve(cfg)

@@ -15,7 +15,9 @@ import pytest
 TINY = ["debug=fast", "logger=none"]
 
 
-def run_cli(root: Path, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    root: Path, *args: str, check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, MINIFOLD_ROOT=str(root), WANDB_MODE="offline", OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "minifold.run", *args],
@@ -25,7 +27,9 @@ def run_cli(root: Path, *args: str, check: bool = True, timeout: int = 300) -> s
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -39,7 +43,12 @@ def only_dir(path: Path) -> Path:
 def trained(tmp_path_factory):
     """One full default-shaped run (all stages) with offline W&B, shared by later tests."""
     root = tmp_path_factory.mktemp("root")
-    run_cli(root, *[a for a in TINY if a != "logger=none"], "logger=[csv,wandb]", "hydra.run.dir=" + str(root / "run"))
+    run_cli(
+        root,
+        *[a for a in TINY if a != "logger=none"],
+        "logger=[csv,wandb]",
+        "hydra.run.dir=" + str(root / "run"),
+    )
     return root / "run"
 
 
@@ -51,7 +60,9 @@ def test_full_run_writes_metrics_report_and_pictures(trained):
     assert {"sequence", "length", "lddt", "rmsd_over_rg", "gdt_ts", "distance_mae"} <= set(row)
     report = (trained / "report.md").read_text()
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"fold_median.png", "folding_median.gif", "gallery.png", "distances_median.png"} <= set(pictures)
+    assert {"fold_median.png", "folding_median.gif", "gallery.png", "distances_median.png"} <= set(
+        pictures
+    )
     for name in pictures:
         assert (trained / name).stat().st_size > 0, name
     assert (trained / "checkpoints" / "last.ckpt").exists()
@@ -62,8 +73,14 @@ def test_full_run_writes_metrics_report_and_pictures(trained):
 
 def test_evaluate_a_checkpoint_without_training(trained, tmp_path):
     checkpoint = trained / "checkpoints" / "last.ckpt"
-    run_cli(tmp_path, *TINY, f"ckpt_path={checkpoint}", "stages=[fold,evaluate,report]", f"hydra.run.dir={tmp_path}/eval",
-            f"paths.cache_dir={trained.parent}/outputs/cache")
+    run_cli(
+        tmp_path,
+        *TINY,
+        f"ckpt_path={checkpoint}",
+        "stages=[fold,evaluate,report]",
+        f"hydra.run.dir={tmp_path}/eval",
+        f"paths.cache_dir={trained.parent}/outputs/cache",
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert len(metrics["per_sequence"]) == 12
     assert metrics["train"] == {}
@@ -72,7 +89,13 @@ def test_evaluate_a_checkpoint_without_training(trained, tmp_path):
 def test_fold_one_sequence(trained, tmp_path):
     checkpoint = trained / "checkpoints" / "last.ckpt"
     sequence = "abeaefcgeegaccffddeaggdheabbbaggaffd"
-    run_cli(tmp_path, *TINY, f"ckpt_path={checkpoint}", f"sequence={sequence}", f"hydra.run.dir={tmp_path}/seq")
+    run_cli(
+        tmp_path,
+        *TINY,
+        f"ckpt_path={checkpoint}",
+        f"sequence={sequence}",
+        f"hydra.run.dir={tmp_path}/seq",
+    )
     out = tmp_path / "seq"
     saved = json.loads((out / "sequence.json").read_text())
     assert saved["sequence"] == sequence and 0.0 <= saved["metrics"]["lddt"] <= 1.0
@@ -102,7 +125,9 @@ def test_generate_stage_writes_gallery(tmp_path):
     result = run_cli(tmp_path, *TINY, "stages=[generate]", f"hydra.run.dir={tmp_path}/gen")
     assert (tmp_path / "gen" / "gallery.png").stat().st_size > 0
     summary = json.loads((tmp_path / "gen" / "data_summary.json").read_text())
-    assert summary["sizes"] == {"train": 128, "val": 32, "test": 12} and summary["cache_hit"] is False
+    assert (
+        summary["sizes"] == {"train": 128, "val": 32, "test": 12} and summary["cache_hit"] is False
+    )
     assert "cache miss" in result.stdout + result.stderr
 
 
@@ -114,15 +139,27 @@ def test_fold_matrix_files(tmp_path):
     np.savetxt(tmp_path / "d.csv", distances, delimiter=",")
     for name in ("d.npy", "d.csv"):
         out = tmp_path / f"out_{name}"
-        run_cli(tmp_path, "stages=[fold]", f"fold.input={tmp_path / name}", "logger=none", f"hydra.run.dir={out}")
+        run_cli(
+            tmp_path,
+            "stages=[fold]",
+            f"fold.input={tmp_path / name}",
+            "logger=none",
+            f"hydra.run.dir={out}",
+        )
         positions = np.load(out / "positions.npy")
         folded = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
         assert np.abs(folded - distances).max() < 1e-4
     bad = distances.copy()
     bad[0, 1] = -1.0
     np.save(tmp_path / "bad.npy", bad)
-    result = run_cli(tmp_path, "stages=[fold]", f"fold.input={tmp_path / 'bad.npy'}", "logger=none",
-                     f"hydra.run.dir={tmp_path}/bad", check=False)
+    result = run_cli(
+        tmp_path,
+        "stages=[fold]",
+        f"fold.input={tmp_path / 'bad.npy'}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}/bad",
+        check=False,
+    )
     assert result.returncode != 0 and "negative" in result.stderr + result.stdout
     assert not (tmp_path / "bad" / "positions.npy").exists()
 
@@ -161,8 +198,13 @@ def test_joblib_launcher(tmp_path):
 
 
 def test_optuna_sweeper(tmp_path):
-    result = run_cli(tmp_path, *TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                     "hydra.sweeper.sampler.n_startup_trials=2")
+    result = run_cli(
+        tmp_path,
+        *TINY,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
     sweep = sweep_dir(tmp_path)
     assert (sweep / "optimization_results.yaml").exists(), result.stdout[-2000:]
     rows = (sweep / "summary.csv").read_text().strip().splitlines()

@@ -45,22 +45,35 @@ def test_every_logger_writes_its_files(tmp_path):
 
 
 def test_resume_continues_epoch_and_optimizer(tmp_path):
-    first = config(tmp_path / "a", "logger=none", "stages=[generate,train]", "trainer.max_epochs=1",
-                   "~callbacks.early_stopping")
+    first = config(
+        tmp_path / "a",
+        "logger=none",
+        "stages=[generate,train]",
+        "trainer.max_epochs=1",
+        "~callbacks.early_stopping",
+    )
     run(first)
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)
     assert saved["epoch"] == 0
     steps = saved["global_step"]
-    second = config(tmp_path / "b", "logger=none", "stages=[generate,train]", "trainer.max_epochs=2",
-                    f"ckpt_path={last}", "~callbacks.early_stopping")
+    second = config(
+        tmp_path / "b",
+        "logger=none",
+        "stages=[generate,train]",
+        "trainer.max_epochs=2",
+        f"ckpt_path={last}",
+        "~callbacks.early_stopping",
+    )
     run(second)
     resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 1
     assert resumed["global_step"] == 2 * steps
     state = resumed["optimizer_states"][0]["state"]
     first_state = saved["optimizer_states"][0]["state"]
-    assert int(next(iter(state.values()))["step"]) == 2 * int(next(iter(first_state.values()))["step"])
+    assert int(next(iter(state.values()))["step"]) == 2 * int(
+        next(iter(first_state.values()))["step"]
+    )
 
 
 def test_resume_refuses_a_mismatched_checkpoint(tmp_path):
@@ -68,12 +81,27 @@ def test_resume_refuses_a_mismatched_checkpoint(tmp_path):
     run(first)
     last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="dim=2"):
-        run(config(tmp_path / "b", "logger=none", "stages=[generate,train]", "dim=3", f"ckpt_path={last}"))
+        run(
+            config(
+                tmp_path / "b",
+                "logger=none",
+                "stages=[generate,train]",
+                "dim=3",
+                f"ckpt_path={last}",
+            )
+        )
 
 
 def test_ddp_cpu_fits(tmp_path):
-    cfg = config(tmp_path, "logger=none", "trainer=ddp_cpu", "stages=[generate,train]", "trainer.max_steps=1",
-                 "trainer.limit_val_batches=1", "~callbacks.early_stopping")
+    cfg = config(
+        tmp_path,
+        "logger=none",
+        "trainer=ddp_cpu",
+        "stages=[generate,train]",
+        "trainer.max_steps=1",
+        "trainer.limit_val_batches=1",
+        "~callbacks.early_stopping",
+    )
     run(cfg)
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["world_size"] == 2

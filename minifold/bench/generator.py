@@ -26,7 +26,9 @@ def loop_positions(generator: ShapeGenerator, sequences: list[torch.Tensor]) -> 
             _, state = generator.backward_rnn(vector.view(1, 1, -1), state)
             backward.append(state.view(-1))
         backward = backward[::-1]  # described model: state at i has read s[i..n-1]
-        steps = generator.step_mlp(torch.stack(forward) + generator.back_discount * torch.stack(backward))
+        steps = generator.step_mlp(
+            torch.stack(forward) + generator.back_discount * torch.stack(backward)
+        )
         shapes.append(torch.cumsum(steps, 0) - steps[0])
     return shapes
 

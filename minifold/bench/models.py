@@ -156,7 +156,10 @@ def run(
     }
     for name in models:
         L.seed_everything(seed, workers=True, verbose=False)
-        module = instantiate(model_config(name, head))
+        config = model_config(name, head)
+        # Budgets are wall-clock, so no schedule can know its length: constant learning rate.
+        config.scheduler = None
+        module = instantiate(config)
         callback = WallClockEvaluation(budgets_s, val_batches)
         trainer = L.Trainer(
             accelerator="cpu",
@@ -215,6 +218,7 @@ def main() -> None:
     parser.add_argument("--head", default="regression")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     results = run(
@@ -225,7 +229,15 @@ def main() -> None:
         threads=args.threads,
         cache_dir=args.cache_dir,
     )
-    print(markdown(results))
+    table = markdown(results)
+    print(table)
+    if args.out:
+        import json
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

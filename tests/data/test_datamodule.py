@@ -8,7 +8,9 @@ from minifold.data.generator import ShapeGenerator
 
 
 def make(cache_dir, **kwargs):
-    settings = dict(num_train=200, num_val=50, num_test=20, seed=3, batch_size=16, cache_dir=str(cache_dir))
+    settings = dict(
+        num_train=200, num_val=50, num_test=20, seed=3, batch_size=16, cache_dir=str(cache_dir)
+    )
     generator_kwargs = kwargs.pop("generator", {})
     settings.update(kwargs)
     return ShapeDataModule(ShapeGenerator(**generator_kwargs), **settings)
@@ -62,7 +64,9 @@ def test_mismatched_content_is_regenerated(cache_dir, caplog):
 
 
 def test_splits_are_disjoint_and_deterministic(cache_dir):
-    module = make(None, generator={"min_len": 3, "max_len": 4}, num_train=300, num_val=100, num_test=100)
+    module = make(
+        None, generator={"min_len": 3, "max_len": 4}, num_train=300, num_val=100, num_test=100
+    )
     module.prepare_data()
     seen = set()
     for split in ("train", "val", "test"):
@@ -70,16 +74,26 @@ def test_splits_are_disjoint_and_deterministic(cache_dir):
         assert len(rows) == module.sizes[split]
         assert not rows & seen
         seen |= rows
-    again = make(None, generator={"min_len": 3, "max_len": 4}, num_train=300, num_val=100, num_test=100)
+    again = make(
+        None, generator={"min_len": 3, "max_len": 4}, num_train=300, num_val=100, num_test=100
+    )
     again.prepare_data()
     assert torch.equal(module.splits["val"]["tokens"], again.splits["val"]["tokens"])
     other_seed = make(None, seed=4)
     other_seed.prepare_data()
-    assert not torch.equal(module.splits["test"]["tokens"][:5, :3], other_seed.splits["test"]["tokens"][:5, :3])
+    assert not torch.equal(
+        module.splits["test"]["tokens"][:5, :3], other_seed.splits["test"]["tokens"][:5, :3]
+    )
 
 
 def test_too_many_sequences_for_the_alphabet():
-    module = make(None, generator={"alphabet": "ab", "min_len": 2, "max_len": 2}, num_train=3, num_val=1, num_test=1)
+    module = make(
+        None,
+        generator={"alphabet": "ab", "min_len": 2, "max_len": 2},
+        num_train=3,
+        num_val=1,
+        num_test=1,
+    )
     with pytest.raises(ValueError, match="distinct sequences"):
         module.prepare_data()
 
@@ -97,11 +111,15 @@ def test_batches(cache_dir):
     points = batch["positions"][i, :length]
     expected = (points[:, None] - points[None]).norm(dim=-1)
     torch.testing.assert_close(batch["distances"][i, :length, :length], expected)
-    assert (batch["distances"][i, length:] == 0).all() and (batch["distances"][i, :, length:] == 0).all()
+    assert (batch["distances"][i, length:] == 0).all() and (
+        batch["distances"][i, :, length:] == 0
+    ).all()
     assert module.max_distance > 0
 
 
-@pytest.mark.parametrize("kwargs, message", [({"num_val": 0}, "num_val is 0"), ({"batch_size": 0}, "batch_size is 0")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"num_val": 0}, "num_val is 0"), ({"batch_size": 0}, "batch_size is 0")]
+)
 def test_bad_settings(cache_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(cache_dir, **kwargs)

@@ -35,7 +35,9 @@ def loop_positions(generator: ShapeGenerator, sequence: torch.Tensor, reference_
 @pytest.mark.parametrize("reference_code", [False, True])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_batched_matches_per_sequence_loop(reference_code, dim):
-    generator = ShapeGenerator(dim=dim, back_discount=0.3, reference_code=reference_code, min_len=3, max_len=17)
+    generator = ShapeGenerator(
+        dim=dim, back_discount=0.3, reference_code=reference_code, min_len=3, max_len=17
+    )
     tokens = generator.sample_tokens(12, torch.Generator().manual_seed(1))
     positions = generator(tokens)
     assert positions.shape == (12, 17, dim)
