@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from minifold.geometry import pair_mask as make_pair_mask
-from minifold.models.transformer import ChainPairFeatures, RelativePositionEmbedding
+from minifold.models.layers import ChainPairFeatures, RelativePositionEmbedding
 
 
 class BiRNNBackbone(nn.Module):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minifold.geometry import pair_mask as make_pair_mask
-from minifold.models.transformer import ChainPairFeatures, RelativePositionEmbedding
+from minifold.models.layers import ChainPairFeatures, RelativePositionEmbedding
 
 
 class ChannelLayerNorm(nn.Module):
