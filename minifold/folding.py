@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minifold.atomic import atomic_path
 from minifold.geometry import center, connected_to_first, pair_mask, radius_of_gyration
 
 log = logging.getLogger(__name__)
@@ -877,20 +877,6 @@ def load_distances(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"{path} has suffix {suffix!r}; allowed: .npy, .npz, .csv")
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; results are for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def fold_file(
     path: str | os.PathLike,
     dim: int = 2,
@@ -912,10 +898,10 @@ def fold_file(
     positions = fold(distances, dim=dim, mask=mask, folder=folder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out / "positions.npy", lambda file: np.save(file, positions))
-    _write_atomically(
-        out / "positions.csv", lambda file: np.savetxt(file, positions, delimiter=",")
-    )
+    with atomic_path(out / "positions.npy") as temporary:
+        np.save(temporary, positions)
+    with atomic_path(out / "positions.csv") as temporary:
+        np.savetxt(temporary, positions, delimiter=",")
     from minifold.viz import plot_overlay
 
     plot_overlay(

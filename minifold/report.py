@@ -20,6 +20,8 @@ import torch  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from minifold.atomic import write_json, write_text  # noqa: E402
+
 log = logging.getLogger("minifold")
 
 
@@ -57,7 +59,7 @@ def _pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
 def write_run_report(context) -> None:
     """Draw the run's pictures, write report.md and send the same to W&B."""
     from minifold import viz
-    from minifold.stages import fold_predictions, select_case, write_json_atomic, write_text_atomic
+    from minifold.stages import fold_predictions, select_case
 
     out = context.out_dir
     pictures = dict(context.pictures)
@@ -100,7 +102,7 @@ def write_run_report(context) -> None:
             )
             pictures["folding_median"] = "folding_median.gif"
     context.pictures = pictures
-    write_json_atomic(out / "pictures.json", pictures)
+    write_json(out / "pictures.json", pictures)
 
     lines = [f"# minifold run: {context.cfg.task_name}", "", f"Run dir: `{out}`", ""]
     lines += ["## Test metrics (after folding)", "", "| metric | median | mean |", "|---|---|---|"]
@@ -132,7 +134,7 @@ def write_run_report(context) -> None:
     }
     for key, name in pictures.items():
         lines += [f"### {captions.get(key, key)}", "", f"![{key}]({name})", ""]
-    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     log_to_wandb(context, pictures)
 
 
@@ -164,7 +166,6 @@ def write_sequence_report(context, sequence: str) -> None:
     """Shape, folding GIF and metrics of one sequence folded from its predicted distances."""
     from minifold import viz
     from minifold.metrics import structure_metrics
-    from minifold.stages import write_json_atomic, write_text_atomic
 
     out = context.out_dir
     predictions, result = context.predictions, context.fold_result
@@ -195,7 +196,7 @@ def write_sequence_report(context, sequence: str) -> None:
     import numpy as np
 
     np.save(out / "positions.npy", result.positions[0].cpu().numpy())
-    write_json_atomic(
+    write_json(
         out / "sequence.json", {"sequence": sequence, "metrics": metrics, "pictures": pictures}
     )
     lines = [f"# Folding `{sequence}`", ""]
@@ -205,7 +206,7 @@ def write_sequence_report(context, sequence: str) -> None:
     lines += ["", "![shape](shape.png)", ""] + (
         ["![folding](folding.gif)", ""] if "folding" in pictures else []
     )
-    write_text_atomic(out / "report.md", "\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
     context.metrics.update({f"sequence/{k}": v for k, v in metrics.items()})
     log.info(
         "sequence %s: %s -> %s",
@@ -330,7 +331,6 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
 
 def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     """summary.md, summary.csv and summary.png of every job found in `sweep_dir`."""
-    from minifold.stages import write_text_atomic
 
     rows = collect_results(sweep_dir)
     columns, body = summary_table(rows)
@@ -338,7 +338,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     writer = csv.writer(buffer)
     writer.writerow(columns)
     writer.writerows(body)
-    write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
+    write_text(sweep_dir / "summary.csv", buffer.getvalue())
     failed = [r for r in rows if r["status"] != "ok"]
     lines = [
         f"# Sweep summary: {sweep_dir.name}",
@@ -361,7 +361,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
             row.get("error", ""),
             "```",
         ]
-    write_text_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
+    write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
 
@@ -379,10 +379,8 @@ class SweepSummaryCallback(Callback):
             return
         import fcntl
 
-        from minifold.stages import write_json_atomic
-
         result = _job_result(config, job_return)
-        write_json_atomic(Path(result["dir"]) / "result.json", result)
+        write_json(Path(result["dir"]) / "result.json", result)
         sweep_dir = Path(config.hydra.sweep.dir)
         with open(sweep_dir / ".summary.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -423,7 +421,6 @@ def publish_experiment(sweep_dir: Path, name: str, rows: list[dict]) -> None:
 
 def refresh_readme(folder: Path) -> bool:
     """Rewrite the part of folder/README.md below the results marker from results/summary.md."""
-    from minifold.stages import write_text_atomic
 
     readme, summary = folder / "README.md", folder / "results" / "summary.md"
     if not readme.exists() or not summary.exists():
@@ -432,7 +429,7 @@ def refresh_readme(folder: Path) -> bool:
     head = text.split(RESULTS_MARKER)[0].rstrip() + "\n\n" + RESULTS_MARKER + "\n\n"
     body = summary.read_text().replace("](summary.png)", "](results/summary.png)")
     body = body.replace("# Sweep summary", "## Results: sweep", 1)
-    write_text_atomic(readme, head + body)
+    write_text(readme, head + body)
     return True
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from minifold.atomic import write_json, write_text
+
 log = logging.getLogger("minifold")
 console = Console()
 
@@ -26,24 +25,6 @@ METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "drmsd"
 
 
 # --------------------------------------------------------------------------- helpers
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
-
-
 def print_config(cfg: DictConfig, out_dir: Path) -> None:
     """Print the resolved config as a rich tree and save it as config_tree.txt and config.yaml."""
     tree = Tree("config", guide_style="dim")
@@ -58,7 +39,7 @@ def print_config(cfg: DictConfig, out_dir: Path) -> None:
     console.print(tree)
     with open(out_dir / "config_tree.txt", "w") as handle:
         Console(file=handle, width=120, color_system=None).print(tree)
-    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
 
 @dataclass
@@ -183,7 +164,7 @@ def stage_generate(context: RunContext) -> None:
         alphabet=datamodule.generator.alphabet.letters,
     )
     context.pictures["gallery"] = path.name
-    write_json_atomic(context.out_dir / "data_summary.json", summary)
+    write_json(context.out_dir / "data_summary.json", summary)
 
 
 # ----------------------------------------------------------------------------- train
@@ -300,8 +281,8 @@ def stage_train(context: RunContext) -> None:
         **best,
         **{k: float(v) for k, v in test_metrics.items()},
     }
-    write_json_atomic(context.out_dir / "train_summary.json", context.train_summary)
-    write_json_atomic(context.out_dir / "history.json", history.rows)
+    write_json(context.out_dir / "train_summary.json", context.train_summary)
+    write_json(context.out_dir / "history.json", history.rows)
     table = Table(title="training")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -442,7 +423,7 @@ def stage_evaluate(context: RunContext) -> None:
         rows.append(row)
     context.per_sequence = rows
     context.metrics.update(summarise(rows, keys=[k for k in values]))
-    write_json_atomic(
+    write_json(
         context.out_dir / "metrics.json",
         {"summary": context.metrics, "train": context.train_summary, "per_sequence": rows},
     )
@@ -512,4 +493,4 @@ def finish(context: RunContext) -> None:
         table.add_row(f"time {stage}", f"{seconds:.1f} s", "")
     table.add_row("run dir", str(context.out_dir), "")
     console.print(table)
-    write_json_atomic(context.out_dir / "timings.json", context.timings)
+    write_json(context.out_dir / "timings.json", context.timings)

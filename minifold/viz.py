@@ -7,8 +7,6 @@ Figures are small so that plotting never dominates a run.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import animation  # noqa: E402
 
+from minifold.atomic import atomic_path  # noqa: E402
 from minifold.geometry import superpose  # noqa: E402
 
 FIGURE_DPI = 80
@@ -33,22 +32,10 @@ def _numpy(value) -> np.ndarray:
 
 
 def _save_atomically(path, save) -> Path:
-    """Run save(temporary_path) then rename onto `path`; the suffix is kept for the writer."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix
-    )
-    os.close(handle)
-    try:
-        save(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; pictures are for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    """Run save(temporary_path) and rename it onto `path` (see minifold.atomic)."""
+    with atomic_path(path) as temporary:
+        save(str(temporary))
+    return Path(path)
 
 
 def _save_figure(figure, path) -> Path:

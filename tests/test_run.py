@@ -121,6 +121,24 @@ def test_dim3_run(tmp_path):
     assert len(metrics["per_sequence"]) == 12
 
 
+def test_distogram_head_with_its_potential(tmp_path):
+    run_cli(
+        tmp_path, *TINY, "model/head=distogram", "folder=distogram", f"hydra.run.dir={tmp_path}/d"
+    )
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert len(metrics["per_sequence"]) == 12
+    assert all(0.0 <= row["lddt"] <= 1.0 for row in metrics["per_sequence"])
+    result = run_cli(
+        tmp_path, *TINY, "folder=distogram", f"hydra.run.dir={tmp_path}/r", check=False
+    )
+    assert result.returncode != 0 and "model/head=distogram" in result.stderr + result.stdout
+
+
+def test_sequence_needs_a_checkpoint(tmp_path):
+    result = run_cli(tmp_path, *TINY, "sequence=abcabc", check=False)
+    assert result.returncode != 0 and "ckpt_path" in result.stderr + result.stdout
+
+
 def test_generate_stage_writes_gallery(tmp_path):
     result = run_cli(tmp_path, *TINY, "stages=[generate]", f"hydra.run.dir={tmp_path}/gen")
     assert (tmp_path / "gen" / "gallery.png").stat().st_size > 0

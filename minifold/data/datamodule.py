@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from minifold.atomic import atomic_path
 from minifold.data.alphabet import PAD
 from minifold.data.generator import ShapeGenerator
 from minifold.geometry import pair_mask
@@ -81,21 +79,6 @@ class BatchCollator:
             lengths=lengths,
             index=index,
         )
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class ShapeDataModule(L.LightningDataModule):
@@ -250,9 +233,9 @@ class ShapeDataModule(L.LightningDataModule):
                 hit = splits is not None
                 if splits is None:
                     splits = self.generate()
-                    _atomic_torch_save(
-                        {"hash": self.config_hash, "config": self.config, "splits": splits}, path
-                    )
+                    payload = {"hash": self.config_hash, "config": self.config, "splits": splits}
+                    with atomic_path(path) as temporary:
+                        torch.save(payload, temporary)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         self.splits = splits
