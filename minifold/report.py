@@ -16,11 +16,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from minifold.atomic import write_json, write_text  # noqa: E402
+from minifold.atomic import atomic_path, write_json, write_text  # noqa: E402
 
 log = logging.getLogger("minifold")
 
@@ -51,6 +52,19 @@ def plot_training_curves(history: list[dict], path: Path) -> bool:
     return True
 
 
+def folding_gif(context, case: dict, path: Path) -> None:
+    """Animate the folder on one case, starting from the reference's random start.
+
+    The MDS start is already close to the answer, so a GIF of the real run would
+    barely move; from a random start the animation shows the optimiser at work.
+    """
+    from minifold import viz
+    from minifold.stages import fold_predictions
+
+    result = fold_predictions(context, case, trajectory=True, init="random", restarts=1)
+    viz.folding_gif([frame[0] for frame in result.trajectory], path, true=case["positions"][0])
+
+
 def _pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
     ordered = sorted(range(len(rows)), key=lambda i: rows[i][key])
     return {"best": ordered[-1], "median": ordered[len(ordered) // 2], "worst": ordered[0]}
@@ -59,7 +73,7 @@ def _pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
 def write_run_report(context) -> None:
     """Draw the run's pictures, write report.md and send the same to W&B."""
     from minifold import viz
-    from minifold.stages import fold_predictions, select_case
+    from minifold.stages import select_case
 
     out = context.out_dir
     pictures = dict(context.pictures)
@@ -93,14 +107,8 @@ def write_run_report(context) -> None:
         )
         pictures["distances_median"] = "distances_median.png"
         single = select_case(predictions, median)
-        result = fold_predictions(context, single, trajectory=True)
-        if result.trajectory:
-            viz.folding_gif(
-                [frame[0] for frame in result.trajectory],
-                out / "folding_median.gif",
-                true=predictions["positions"][median, :length],
-            )
-            pictures["folding_median"] = "folding_median.gif"
+        folding_gif(context, single, out / "folding_median.gif")
+        pictures["folding_median"] = "folding_median.gif"
     context.pictures = pictures
     write_json(out / "pictures.json", pictures)
 
@@ -130,7 +138,7 @@ def write_run_report(context) -> None:
         "fold_median": "Median test fold",
         "fold_worst": "Worst test fold",
         "distances_median": "Distances of the median case: true | predicted | error",
-        "folding_median": "Folding the median case",
+        "folding_median": "Folding the median case (L-BFGS from the reference's random start)",
     }
     for key, name in pictures.items():
         lines += [f"### {captions.get(key, key)}", "", f"![{key}]({name})", ""]
@@ -185,17 +193,10 @@ def write_sequence_report(context, sequence: str) -> None:
         title=title,
         sequence=sequence,
     )
-    pictures = {"shape": "shape.png"}
-    if result.trajectory:
-        viz.folding_gif(
-            [frame[0] for frame in result.trajectory],
-            out / "folding.gif",
-            true=predictions["positions"][0],
-        )
-        pictures["folding"] = "folding.gif"
-    import numpy as np
-
-    np.save(out / "positions.npy", result.positions[0].cpu().numpy())
+    folding_gif(context, predictions, out / "folding.gif")
+    pictures = {"shape": "shape.png", "folding": "folding.gif"}
+    with atomic_path(out / "positions.npy") as temporary:
+        np.save(temporary, result.positions[0].cpu().numpy())
     write_json(
         out / "sequence.json", {"sequence": sequence, "metrics": metrics, "pictures": pictures}
     )

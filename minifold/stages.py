@@ -343,14 +343,16 @@ def select_case(predictions: dict, index: int) -> dict:
     return case
 
 
-def fold_predictions(context: RunContext, predictions: dict, trajectory: bool = False):
+def fold_predictions(
+    context: RunContext, predictions: dict, trajectory: bool = False, **folder_overrides: Any
+):
     """Fold every predicted distance matrix in one batched call of the configured Folder.
 
     A distogram head's probabilities feed the distogram potential when the folder
     asks for it; otherwise its per-pair standard deviations weigh the squared error
     (uncertain pairs count less).
     """
-    folder = instantiate(context.cfg.folder)
+    folder = instantiate(context.cfg.folder, **folder_overrides)
     kwargs = {}
     if folder.potential == "distogram":
         if "probabilities" not in predictions:
@@ -457,7 +459,7 @@ def fold_sequence(context: RunContext) -> None:
     )
     predictions = predict_batches(model, [batch])
     context.predictions = predictions
-    context.fold_result = fold_predictions(context, predictions, trajectory=True)
+    context.fold_result = fold_predictions(context, predictions)
     report.write_sequence_report(context, sequence)
 
 
