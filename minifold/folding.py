@@ -12,8 +12,8 @@ matrix with a point mask and optional per-pair weights (0 = unknown pair):
 2. **Stress majorisation (SMACOF), optional.** Weighted Guttman transforms:
    one batched matrix product per step, monotone, no line search.
 3. **L-BFGS.** A batched L-BFGS written here: per-problem two-loop recursion,
-   per-problem step sizes from a per-problem backtracking (Armijo) line
-   search, per-problem convergence. Converged problems are frozen and dropped
+   per-problem step sizes from a per-problem strong-Wolfe line search
+   (bracketing, then bisection), per-problem convergence. Converged problems are frozen and dropped
    from the working set (compacted whenever half have finished), so a hard
    problem never holds an easy one back and no single line search serves the
    sum of all losses (which `torch.optim.LBFGS` on a summed loss would do).
@@ -26,6 +26,12 @@ steps only cost time; SMACOF alone (200 steps) ended at a higher loss. From
 random starts it did not find the global minimum more often either. It stays
 as an option (`conf/folder/smacof.yaml` runs it alone) because it needs no
 line search and cannot diverge.
+
+Strong Wolfe against plain Armijo backtracking (`line_search`): the same final
+loss and RMSD to 5 digits on noisy 2D/3D problems and on 1000 generated shapes;
+strong Wolfe took 15-25% longer on noisy problems (1 thread, other core busy)
+and keeps the curvature pairs L-BFGS relies on. It is the default, as the
+classical L-BFGS recipe asks; `line_search=armijo` trades that for speed.
 
 Everything runs in `dtype` (float64 by default: the float32 eigen-solver and
 loss landscape stop at about 1e-4 relative error, and the exact-recovery target
@@ -60,13 +66,15 @@ log = logging.getLogger(__name__)
 INITS = ("mds", "random")
 POTENTIALS = ("mse", "distogram")
 COMPLETIONS = ("shortest_path", "mean")
+LINE_SEARCHES = ("strong_wolfe", "armijo")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Relative to the largest known distance: how far from symmetric (or from a zero
 # diagonal) an input to `fold` may be and still count as a distance matrix.
 SYMMETRY_TOLERANCE = 1e-6
-# Armijo sufficient-decrease constant and backtracking factor of the line search.
+# Armijo sufficient-decrease constant of the line search.
 ARMIJO = 1e-4
-BACKTRACK = 0.5
+# Curvature constant of the strong Wolfe conditions (the usual choice for quasi-Newton).
+WOLFE = 0.9
 
 
 @dataclass
@@ -336,7 +344,10 @@ class Folder:
         gradient_tolerance: ... or when its largest gradient entry falls below
             this (in units where the weighted RMS target distance is 1).
         history_size: L-BFGS memory (pairs of steps and gradient changes).
-        max_line_search: cap on backtracking halvings per L-BFGS iteration.
+        max_line_search: cap on function evaluations per L-BFGS iteration.
+        line_search: "strong_wolfe" (sufficient decrease and a flat enough slope,
+            c1 = 1e-4, c2 = 0.9; bracketing by doubling, then bisection) or
+            "armijo" (sufficient decrease only, halving the step).
         restarts: number of starts per problem; the first is `init`, the others
             perturb it (or draw new random starts); the lowest final loss wins.
         restart_noise: perturbation of the extra starts, in radii of gyration.
@@ -363,6 +374,7 @@ class Folder:
         gradient_tolerance: float = 1e-9,
         history_size: int = 10,
         max_line_search: int = 20,
+        line_search: str = "strong_wolfe",
         restarts: int = 1,
         restart_noise: float = 0.3,
         potential: str = "mse",
@@ -378,6 +390,7 @@ class Folder:
             ("init", init, INITS),
             ("potential", potential, POTENTIALS),
             ("completion", completion, COMPLETIONS),
+            ("line_search", line_search, LINE_SEARCHES),
             ("dtype", dtype, tuple(DTYPES)),
         ):
             if value not in allowed:
@@ -411,6 +424,7 @@ class Folder:
         self.gradient_tolerance = float(gradient_tolerance)
         self.history_size = int(history_size)
         self.max_line_search = int(max_line_search)
+        self.line_search = line_search
         self.restarts = int(restarts)
         self.restart_noise = float(restart_noise)
         self.potential = potential
@@ -669,20 +683,35 @@ class Folder:
                 torch.ones_like(loss),
                 (1.0 / gradient.flatten(1).norm(dim=-1).clamp_min(1e-30)).clamp_max(1.0),
             )
+            # Line search per problem. Strong Wolfe: grow the step while the slope stays
+            # steep and negative, bisect the bracket once a step overshoots; the best
+            # sufficient-decrease point found is kept if the curvature test is never met.
             searching = active.clone()
             new_x, new_loss, new_gradient = x, loss, gradient
+            low = torch.zeros_like(step)
+            high = torch.full_like(step, float("inf"))
             for _ in range(self.max_line_search):
                 trial_x = x + step[:, None, None] * direction
                 trial_loss, trial_gradient = problem(trial_x)
-                accept = searching & (trial_loss <= loss + ARMIJO * step * slope)
-                new_x = _where(accept, trial_x, new_x)
-                new_loss = torch.where(accept, trial_loss, new_loss)
-                new_gradient = _where(accept, trial_gradient, new_gradient)
-                searching = searching & ~accept
+                trial_slope = _dot(trial_gradient, direction)
+                sufficient = trial_loss <= loss + ARMIJO * step * slope
+                better = searching & sufficient & (trial_loss <= new_loss)
+                new_x = _where(better, trial_x, new_x)
+                new_loss = torch.where(better, trial_loss, new_loss)
+                new_gradient = _where(better, trial_gradient, new_gradient)
+                if self.line_search == "strong_wolfe":
+                    sufficient_and_flat = sufficient & (trial_slope.abs() <= WOLFE * slope.abs())
+                else:  # armijo: plain backtracking (the bracket below then halves the step)
+                    sufficient_and_flat = sufficient
+                searching = searching & ~sufficient_and_flat
                 if not bool(searching.any()):
                     break
-                step = torch.where(searching, step * BACKTRACK, step)
-            moved = active & ~searching
+                overshoot = ~sufficient | (trial_slope > 0)
+                high = torch.where(searching & overshoot, step, high)
+                low = torch.where(searching & ~overshoot, step, low)
+                grown = torch.where(torch.isinf(high), 2 * step, 0.5 * (low + high))
+                step = torch.where(searching, grown, step)
+            moved = active & (new_loss < loss)
             s = new_x - x
             y = new_gradient - gradient
             curvature = _dot(s, y)

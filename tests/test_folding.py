@@ -259,3 +259,21 @@ def test_package_level_fold():
     true = chains(1, 7, 2)[0]
     positions = minifold.fold(pairwise_distances(true).numpy(), dim=2)
     assert positions.shape == (7, 2)
+
+
+def test_line_searches_agree_and_bad_name_is_refused():
+    generator = torch.Generator().manual_seed(3)
+    true = torch.cumsum(
+        torch.tanh(torch.randn(4, 25, 2, generator=generator, dtype=torch.float64)), 1
+    )
+    distances = torch.cdist(true, true)
+    mask = torch.ones(4, 25, dtype=torch.bool)
+    start = {"init": "random", "max_iter": 500}
+    wolfe = Folder(dim=2, line_search="strong_wolfe", **start)(distances, mask)
+    armijo = Folder(dim=2, line_search="armijo", **start)(distances, mask)
+    assert torch.isfinite(wolfe.loss).all() and torch.isfinite(armijo.loss).all()
+    # both descend far below the random start's loss
+    first = Folder(dim=2, max_iter=0, **{"init": "random"})(distances, mask)
+    assert (wolfe.loss < 0.05 * first.loss).all() and (armijo.loss < 0.05 * first.loss).all()
+    with pytest.raises(ValueError, match="line_search is 'newton'"):
+        Folder(dim=2, line_search="newton")
