@@ -40,8 +40,9 @@ test: $(STAMP) ## run the test suite (tiny configs, a few minutes)
 test-all: $(STAMP) ## run every test, the slow ones too
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-bench: $(STAMP) ## benchmarks -> outputs/bench/*.json and *.md (BENCH="generator folding models")
-	$(PY) -m minifold.bench $(BENCH)
+BENCH ?= generator folding models
+bench: $(STAMP) ## benchmarks -> outputs/bench/*.json, *.md (~1 h; BENCH="generator folding" for minutes)
+	$(PY) -m minifold.bench $(BENCH) --threads $(THREADS)
 
 sweep: $(STAMP) ## the headline study (dim x back_discount x model) on small settings
 	$(PY) -m minifold.run -m experiment=headline $(ARGS)

@@ -42,3 +42,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
+def atomic_checkpoint_io():
+    """A Lightning CheckpointIO whose checkpoints appear whole or not at all."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            with atomic_path(path) as temporary:
+                super().save_checkpoint(checkpoint, temporary, storage_options)
+
+    return AtomicCheckpointIO()

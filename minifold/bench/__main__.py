@@ -22,7 +22,7 @@ NAMES = ("generator", "folding", "models")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", default=["generator", "folding"], choices=NAMES + ((),))
+    parser.add_argument("names", nargs="*", default=list(NAMES), choices=NAMES)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--out", default=str(Path(project_root()) / "outputs" / "bench"))
@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.names or ["generator", "folding"]:
+    for name in args.names or NAMES:
         module = importlib.import_module(f"minifold.bench.{name}")
         started = time.perf_counter()
         results = module.run(quick=args.quick)
