@@ -22,11 +22,14 @@ NAMES = ("generator", "folding", "models")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", default=list(NAMES), choices=NAMES)
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(NAMES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--out", default=str(Path(project_root()) / "outputs" / "bench"))
     args = parser.parse_args()
+    unknown = [name for name in args.names if name not in NAMES]
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; choose from {list(NAMES)}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
