@@ -67,7 +67,11 @@ def test_full_run_writes_metrics_report_and_pictures(trained):
         assert (trained / name).stat().st_size > 0, name
     assert (trained / "checkpoints" / "last.ckpt").exists()
     assert (trained / "config.yaml").exists() and (trained / "config_tree.txt").exists()
-    assert list((trained / "wandb").glob("offline-run-*")), "no offline W&B run"
+    (wandb_run,) = (trained / "wandb").glob("offline-run-*")
+    media = wandb_run / "files" / "media"
+    assert list(media.rglob("per_sequence*.table.json")), "no per-sequence table in W&B"
+    assert list(media.rglob("folding_median*.gif")), "no folding GIF in W&B"
+    assert list(media.rglob("fold_median*.png")), "no fold picture in W&B"
     assert (trained / "csv" / "metrics.csv").exists()
 
 
