@@ -31,6 +31,18 @@ REFERENCE_STEPS = 1000
 REFERENCE_LR = 5e-2
 
 
+def configured_folder(dim: int) -> Folder:
+    """The folder users get: conf/folder/lbfgs.yaml with this dim."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import minifold
+
+    config = OmegaConf.load(f"{minifold.project_root()}/conf/folder/lbfgs.yaml")
+    config.dim, config.seed = dim, 0
+    return instantiate(config)
+
+
 def _chains(batch: int, num: int, dim: int, seed: int) -> torch.Tensor:
     """[batch, num, dim] chains with unit-ish random steps."""
     generator = torch.Generator().manual_seed(seed)
@@ -119,7 +131,7 @@ def exact(quick: bool) -> list[dict]:
     sizes = [10, 50, 200] if quick else [10, 20, 50, 100, 200, 500, 1000, 2000]
     rows = []
     for dim in (2, 3):
-        folder = Folder(dim=dim)
+        folder = configured_folder(dim)
         for num in sizes:
             batch = max(1, min(8, 1000 // num))
             true = _chains(batch, num, dim, seed=num + dim)
@@ -149,7 +161,7 @@ def noisy(quick: bool) -> list[dict]:
     num = 30 if quick else 50
     rows = []
     for dim in (2, 3):
-        folder = Folder(dim=dim)
+        folder = configured_folder(dim)
         for noise in (0.05, 0.20):
             true = _chains(count, num, dim, seed=int(100 * noise) + dim)
             distances, known = _corrupt(pairwise_distances(true), noise, 0.3, seed=dim)
@@ -197,7 +209,7 @@ def throughput(quick: bool) -> dict:
     true = generator(tokens).double()
     mask = tokens != 0
     distances = pairwise_distances(true)
-    folder = Folder(dim=2)
+    folder = configured_folder(2)
     folder(distances[:8], mask[:8])  # warm-up
     result, seconds = _timed(lambda: folder(distances, mask), repeats=3)
     error = rmsd_over_rg(result.positions, true, mask)
