@@ -268,6 +268,16 @@ def collect_results(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def variant(row: dict) -> str:
+    """The model's name plus any head or folder chosen on the command line: `birnn+distogram`."""
+    label = str(row.get("model"))
+    for override in row.get("overrides") or []:
+        for group in ("model/head=", "folder="):
+            if override.startswith(group):
+                label += "+" + override[len(group) :]
+    return label
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
@@ -278,7 +288,7 @@ def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     columns = [
         "job",
         "status",
-        "model",
+        "variant",
         "dim",
         "back_discount",
         *SUMMARY_METRICS,
@@ -290,7 +300,7 @@ def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     for row in rows:
         cells = []
         for column in columns:
-            value = row.get(column)
+            value = variant(row) if column == "variant" else row.get(column)
             if column == "overrides":
                 value = " ".join(value or [])
             if column == "error" and value:
@@ -312,15 +322,15 @@ def plot_sweep(rows: list[dict], path: Path) -> bool:
             [("test/lddt_median", "median lDDT"), ("test/rmsd_over_rg_median", "median RMSD / Rg")]
         ):
             axis = axes[row_index, column]
-            for model in sorted({str(r["model"]) for r in done}):
+            for label in sorted({variant(r) for r in done}):
                 points = sorted(
                     (float(r["back_discount"]), r[key])
                     for r in done
-                    if r["dim"] == dim and str(r["model"]) == model
+                    if r["dim"] == dim and variant(r) == label
                 )
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    axis.plot(xs, ys, marker="o", label=model)
+                    axis.plot(xs, ys, marker="o", label=label)
             axis.set_title(f"{dim}D: {label}")
             axis.set_xlabel("back_discount")
             axis.legend(fontsize=8)
