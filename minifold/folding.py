@@ -275,18 +275,25 @@ class _DistogramLikelihood:
     """Mean negative log-likelihood of pair distances under distograms, by autograd.
 
     Log-probabilities are interpolated linearly between bin centres and held
-    constant beyond the first and last centre.
+    constant beyond the first and last centre. The distograms [B, N, N, K] are
+    stored once; each problem (restarts included) points at its row through
+    `owner`, so restarts and the shrinking working set never copy them.
     """
 
-    def __init__(self, log_probabilities: Tensor, centres: Tensor, weights: Tensor) -> None:
-        self.log_probabilities = log_probabilities  # [B, N, N, K]
-        self.centres = centres  # [B, K], increasing
-        self.weights = weights  # [B, N, N]
+    def __init__(
+        self, log_probabilities: Tensor, centres: Tensor, weights: Tensor, owner: Tensor
+    ) -> None:
+        self.log_probabilities = log_probabilities.contiguous()  # [B, N, N, K]
+        self.centres = centres  # [P, K], increasing
+        self.weights = weights  # [P, N, N]
+        self.owner = owner  # [P] row of log_probabilities of each problem
+        gaps = centres[:, 1:] - centres[:, :-1]
+        self.uniform = bool(torch.allclose(gaps, gaps[:, :1].expand_as(gaps), rtol=1e-9, atol=0))
         self.total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
 
     def subset(self, index: Tensor) -> _DistogramLikelihood:
         return _DistogramLikelihood(
-            self.log_probabilities[index], self.centres[index], self.weights[index]
+            self.log_probabilities, self.centres[index], self.weights[index], self.owner[index]
         )
 
     def _loss(self, positions: Tensor) -> Tensor:
@@ -295,14 +302,20 @@ class _DistogramLikelihood:
         distances = torch.where(squared > 0, squared, 1.0).sqrt() * (squared > 0)
         flat = distances.reshape(batch, num * num).contiguous()
         bins = self.centres.shape[-1]
-        upper = torch.searchsorted(self.centres.contiguous(), flat).clamp(1, bins - 1)
+        if self.uniform:
+            # evenly spaced centres (as the distogram head makes): the bin is arithmetic
+            first, width = self.centres[:, :1], self.centres[:, 1:2] - self.centres[:, :1]
+            upper = (((flat - first) / width).floor().long() + 1).clamp(1, bins - 1)
+        else:
+            upper = torch.searchsorted(self.centres.contiguous(), flat).clamp(1, bins - 1)
         lower = upper - 1
         centre_low = torch.gather(self.centres, 1, lower)
         centre_high = torch.gather(self.centres, 1, upper)
         fraction = ((flat - centre_low) / (centre_high - centre_low)).clamp(0, 1)
-        log_p = self.log_probabilities.reshape(batch, num * num, bins)
-        log_low = torch.gather(log_p, 2, lower[..., None])[..., 0]
-        log_high = torch.gather(log_p, 2, upper[..., None])[..., 0]
+        pairs = torch.arange(num * num, device=positions.device)
+        row = (self.owner[:, None] * (num * num) + pairs) * bins  # [P, N * N]
+        log_low = torch.take(self.log_probabilities, row + lower)
+        log_high = torch.take(self.log_probabilities, row + upper)
         log_likelihood = (log_low + fraction * (log_high - log_low)).reshape(batch, num, num)
         return -(self.weights * log_likelihood).sum((-1, -2)) / self.total
 
@@ -353,6 +366,7 @@ class Folder:
         restart_noise: perturbation of the extra starts, in radii of gyration.
         potential: "mse" (weighted squared distance error) or "distogram"
             (negative log-likelihood under predicted distograms).
+        likelihood_iterations: cap on L-BFGS steps on the distogram likelihood.
         confidence_eps: added to each pair's distogram variance before
             weighting the pair by its inverse.
         trajectory_every: keep positions every this many iterations when a
@@ -378,6 +392,7 @@ class Folder:
         restarts: int = 1,
         restart_noise: float = 0.3,
         potential: str = "mse",
+        likelihood_iterations: int = 50,
         confidence_eps: float = 1e-3,
         trajectory_every: int = 5,
         return_trajectory: bool = False,
@@ -398,6 +413,7 @@ class Folder:
         for name, value, lowest in (
             ("smacof_iterations", smacof_iterations, 0),
             ("max_iter", max_iter, 0),
+            ("likelihood_iterations", likelihood_iterations, 0),
             ("history_size", history_size, 1),
             ("max_line_search", max_line_search, 1),
             ("restarts", restarts, 1),
@@ -428,6 +444,7 @@ class Folder:
         self.restarts = int(restarts)
         self.restart_noise = float(restart_noise)
         self.potential = potential
+        self.likelihood_iterations = int(likelihood_iterations)
         self.confidence_eps = float(confidence_eps)
         self.trajectory_every = int(trajectory_every)
         self.return_trajectory = bool(return_trajectory)
@@ -521,9 +538,10 @@ class Folder:
         )
         if self.potential == "distogram":
             likelihood = _DistogramLikelihood(
-                log_probabilities.repeat(repeat, 1, 1, 1),
+                log_probabilities,
                 (centres[None, :] / scale[:, None]).repeat(repeat, 1),
                 base_weights.repeat(repeat, 1, 1),
+                owner=torch.arange(batch, device=device).repeat(repeat),
             )
         trajectory: list[Tensor] | None = [starts.clone()] if keep_trajectory else None
 
@@ -532,7 +550,15 @@ class Folder:
         if likelihood is not None:
             # The confidence-weighted fit above puts every pair near its likely
             # distance; the likelihood then settles them between bins.
-            positions, loss = self._lbfgs(positions, likelihood, trajectory)
+            # Piecewise-linear in the distances, so its gradient jumps at bin centres:
+            # a curvature test rarely passes there, and plain Armijo steps serve better.
+            positions, loss = self._lbfgs(
+                positions,
+                likelihood,
+                trajectory,
+                line_search="armijo",
+                max_iter=self.likelihood_iterations,
+            )
 
         # Keep each problem's best start; ties go to the first (the plain start).
         best = loss.reshape(repeat, batch).argmin(0)
@@ -643,11 +669,19 @@ class Folder:
         positions[index] = working
         return positions
 
-    def _lbfgs(self, positions: Tensor, objective, trajectory) -> tuple[Tensor, Tensor]:
+    def _lbfgs(
+        self,
+        positions: Tensor,
+        objective,
+        trajectory,
+        line_search: str | None = None,
+        max_iter: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Batched L-BFGS with per-problem line search and convergence."""
+        iterations = self.max_iter if max_iter is None else max_iter
         positions = positions.clone()
         loss_all, gradient = objective(positions)
-        if self.max_iter == 0:
+        if iterations == 0:
             return positions, loss_all
         loss_all = loss_all.clone()
         total = positions.shape[0]
@@ -665,7 +699,7 @@ class Folder:
         gradient_tolerance = max(self.gradient_tolerance, epsilon)
         active = gradient.flatten(1).abs().amax(-1) > gradient_tolerance
         iteration = len(trajectory) * self.trajectory_every if trajectory is not None else 0
-        for _ in range(self.max_iter):
+        for _ in range(iterations):
             if not bool(active.any()):
                 break
             iteration += 1
@@ -699,7 +733,7 @@ class Folder:
                 new_x = _where(better, trial_x, new_x)
                 new_loss = torch.where(better, trial_loss, new_loss)
                 new_gradient = _where(better, trial_gradient, new_gradient)
-                if self.line_search == "strong_wolfe":
+                if (line_search or self.line_search) == "strong_wolfe":
                     sufficient_and_flat = sufficient & (trial_slope.abs() <= WOLFE * slope.abs())
                 else:  # armijo: plain backtracking (the bracket below then halves the step)
                     sufficient_and_flat = sufficient
