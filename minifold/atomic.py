@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -44,13 +46,9 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
-def atomic_checkpoint_io():
+class AtomicCheckpointIO(TorchCheckpointIO):
     """A Lightning CheckpointIO whose checkpoints appear whole or not at all."""
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            with atomic_path(path) as temporary:
-                super().save_checkpoint(checkpoint, temporary, storage_options)
-
-    return AtomicCheckpointIO()
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as temporary:
+            super().save_checkpoint(checkpoint, temporary, storage_options)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from minifold.atomic import atomic_checkpoint_io, write_json, write_text
+from minifold.atomic import AtomicCheckpointIO, write_json, write_text
 
 log = logging.getLogger("minifold")
 console = Console()
@@ -234,7 +234,7 @@ def stage_train(context: RunContext) -> None:
     loggers = context.ensure_loggers()
     callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [history]
     trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[atomic_checkpoint_io()]
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:

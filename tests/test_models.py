@@ -296,6 +296,10 @@ def test_configs_compose_and_build(config_dir, model, head):
     batch = make_batch(num=2, dim=2)
     out = module.predict(batch["tokens"])
     assert out["distances"].shape == batch["distances"].shape
+    if cfg.model.scheduler is not None:
+        # A schedule's length comes from the Trainer (the CLI tests train with it).
+        assert cfg.model.scheduler._partial_ is True
+        module.scheduler_factory = None
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Optimizer)
 
