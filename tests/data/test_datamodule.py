@@ -9,7 +9,12 @@ from minifold.data.generator import ShapeGenerator
 
 def make(cache_dir, **kwargs):
     settings = dict(
-        num_train=200, num_val=50, num_test=20, seed=3, batch_size=16, cache_dir=str(cache_dir)
+        num_train=200,
+        num_val=50,
+        num_test=20,
+        seed=3,
+        batch_size=16,
+        cache_dir=str(cache_dir) if cache_dir else None,
     )
     generator_kwargs = kwargs.pop("generator", {})
     settings.update(kwargs)
