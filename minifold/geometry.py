@@ -144,3 +144,20 @@ def connected_to_first(known: Tensor, mask: Tensor) -> Tensor:
         if torch.equal(grown, reached):
             return reached
         reached = grown
+
+
+def reversal_index(mask: Tensor) -> Tensor:
+    """Indices that reverse each sequence inside its own length; padding stays in place.
+
+    `torch.gather(x, 1, index)` reads sequence i as x[L_i - 1], ..., x[0] and
+    then its padding; applying the same gather twice restores x. No host sync,
+    so a bidirectional reader needs no packed sequences.
+
+    Args:
+        mask: [B, N] True on real positions (real positions first)
+    Returns:
+        [B, N] long
+    """
+    lengths = mask.sum(-1, keepdim=True)
+    index = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+    return torch.where(mask, lengths - 1 - index, index)

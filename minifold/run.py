@@ -43,6 +43,8 @@ def validate(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float | None:
     """Run the configured stages; return `cfg.optimized_metric` (for sweepers) or None."""
     set_threads(cfg.get("threads"))
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(str(cfg.matmul_precision))
     validate(cfg)
     import lightning as L
 

@@ -44,36 +44,68 @@ def test_every_logger_writes_its_files(tmp_path):
     assert list((out / "wandb").glob("offline-run-*"))
 
 
-def test_resume_continues_epoch_and_optimizer(tmp_path):
-    first = config(
-        tmp_path / "a",
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_val_gets_worse(tmp_path):
+    # A learning rate this large makes val/distance_mae worse after epoch 0, so
+    # the best checkpoint stays at epoch 0; last.ckpt must still be the end.
+    cfg = config(
+        tmp_path,
         "logger=none",
         "stages=[generate,train]",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=3",
+        "model.optimizer.lr=3.0",
+        "model.scheduler=null",
         "~callbacks.early_stopping",
     )
-    run(first)
-    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, weights_only=False)
-    assert saved["epoch"] == 0
-    steps = saved["global_step"]
-    second = config(
-        tmp_path / "b",
+    run(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    best = torch.load(checkpoints / "best.ckpt", weights_only=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert last["epoch"] == 2
+    assert last["global_step"] == history[-1]["step"]
+    assert best["global_step"] < last["global_step"]
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    common = (
         "logger=none",
         "stages=[generate,train]",
         "trainer.max_epochs=2",
-        f"ckpt_path={last}",
         "~callbacks.early_stopping",
+        # dropout draws from the global RNG: the resumed run must restore it
+        "model=transformer",
+        "model.net.dropout=0.2",
+        "model.net.num_layers=1",
     )
-    run(second)
-    resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert resumed["epoch"] == 1
-    assert resumed["global_step"] == 2 * steps
-    state = resumed["optimizer_states"][0]["state"]
-    first_state = saved["optimizer_states"][0]["state"]
-    assert int(next(iter(state.values()))["step"]) == 2 * int(
-        next(iter(first_state.values()))["step"]
+    run(config(tmp_path / "straight", *common))
+    straight = tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt"
+
+    stop = ["+callbacks.stop._target_=tests.interrupt.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    run(config(tmp_path / "a", *common, *stop))
+    interrupted = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(interrupted, weights_only=False)["epoch"] == 0
+
+    run(config(tmp_path / "b", *common, f"ckpt_path={interrupted}"))
+    resumed_dir = tmp_path / "b" / "run"
+    # the resumed run trained one epoch only: it continued rather than restarted
+    history = json.loads((resumed_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1]
+    resumed = resumed_dir / "checkpoints" / "last.ckpt"
+    assert (
+        torch.load(resumed, weights_only=False)["global_step"]
+        == torch.load(straight, weights_only=False)["global_step"]
     )
+    expected, actual = _weights(straight), _weights(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    # and the weights did move in the second epoch (so equality means something)
+    first_epoch = _weights(interrupted)
+    assert any(not torch.equal(first_epoch[k], expected[k]) for k in expected)
 
 
 def test_resume_refuses_a_mismatched_checkpoint(tmp_path):

@@ -17,12 +17,14 @@ import torch
 
 from minifold import project_root
 
-NAMES = ("generator", "folding", "models")
+NAMES = ("generator", "folding", "models", "gpu")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"any of {', '.join(NAMES)} (default: all)")
+    parser.add_argument(
+        "names", nargs="*", help=f"any of {', '.join(NAMES)} (default: all but gpu)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--out", default=str(Path(project_root()) / "outputs" / "bench"))
@@ -33,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.names or NAMES:
+    # gpu needs CUDA: run it by name
+    for name in args.names or [n for n in NAMES if n != "gpu"]:
         module = importlib.import_module(f"minifold.bench.{name}")
         started = time.perf_counter()
         results = module.run(quick=args.quick)

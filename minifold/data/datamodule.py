@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from minifold.atomic import atomic_path
 from minifold.data.alphabet import PAD
@@ -35,39 +35,30 @@ class CacheInfo:
     seconds: float
 
 
-class IndexDataset(torch.utils.data.Dataset):
-    """Indices into a split; the collator slices all tensors of a batch at once."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
 class BatchCollator:
-    """Turns a list of indices into a padded batch (vectorised slicing, no per-item work).
+    """Turns indices into a padded batch (vectorised slicing, no per-item work).
 
     Returns a dict: tokens [B, N] long, mask [B, N] bool, positions [B, N, dim],
-    distances [B, N, N] (zero outside real pairs), lengths [B], index [B];
-    N is the longest sequence in the batch.
+    distances [B, N, N] (zero outside real pairs), lengths [B], index [B].
+    With `trim`, N is the longest sequence in the batch (one host sync to read
+    it); without, N is the split's full width, so batches have one fixed shape
+    and slicing never waits on the device.
     """
 
-    def __init__(self, tokens: Tensor, positions: Tensor) -> None:
+    def __init__(self, tokens: Tensor, positions: Tensor, trim: bool = True) -> None:
         self.tokens = tokens
         self.positions = positions
+        self.trim = trim
 
-    def __call__(self, indices: list[int]) -> dict[str, Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
+    def __call__(self, indices: Tensor | list[int]) -> dict[str, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.tokens.device)
         tokens = self.tokens[index].long()
         mask = tokens != PAD
         lengths = mask.sum(-1)
-        longest = int(lengths.max())
-        tokens, mask = tokens[:, :longest], mask[:, :longest]
-        positions = self.positions[index, :longest].float()
+        positions = self.positions[index].float()
+        if self.trim:
+            longest = int(lengths.max())
+            tokens, mask, positions = tokens[:, :longest], mask[:, :longest], positions[:, :longest]
         # the matmul form of cdist loses ~1e-5 to cancellation; targets deserve exact distances
         distances = torch.cdist(positions, positions, compute_mode="donot_use_mm_for_euclid_dist")
         distances = distances * pair_mask(mask)
@@ -81,6 +72,91 @@ class BatchCollator:
         )
 
 
+class EpochSampler:
+    """The order of one split for each epoch: a permutation drawn from (seed, epoch) alone.
+
+    Deriving the order from the epoch number, not from a generator's running
+    state, is what makes a resumed run see the same batches as an uninterrupted
+    one. Under DDP each rank takes every `world_size`-th index of the same
+    permutation, padded by wrapping around so every rank has as many batches.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch."""
+        self.epoch = int(epoch)
+
+    def indices(self, rank: int = 0, world_size: int = 1) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if world_size > 1:
+            per_rank = math.ceil(self.size / world_size)
+            order = order.repeat(math.ceil(per_rank * world_size / self.size))
+            order = order[: per_rank * world_size][rank::world_size]
+        return order
+
+
+class SplitLoader:
+    """Serves one split as batches sliced on the training device: no DataLoader, no copies.
+
+    The split's tokens and positions move to the device once (the first time
+    the loader is iterated there); each batch is then a few indexing kernels
+    plus `cdist`, padded to the split's full width so shapes never change.
+
+    Args:
+        tokens: [S, N] token ids of the split (uint8 or int16; PAD = 0)
+        positions: [S, N, dim] true positions
+        batch_size: sequences per batch (the last batch may be smaller)
+        shuffle: a new order every epoch (see `EpochSampler`)
+        seed: seed of the orders
+        device: where batches are made; None asks `device_of()` at iteration time
+    """
+
+    def __init__(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device_of=None,
+        rank_of=None,
+    ) -> None:
+        self.tokens = tokens
+        self.positions = positions
+        self.batch_size = batch_size
+        self.sampler = EpochSampler(len(tokens), shuffle, seed)
+        self.batch_sampler = None  # Lightning looks for one beside `sampler`
+        self._device_of = device_of or (lambda: torch.device("cpu"))
+        self._rank_of = rank_of or (lambda: (0, 1))
+        self._collator: BatchCollator | None = None
+
+    def _collator_on(self, device: torch.device) -> BatchCollator:
+        if self._collator is None or self._collator.tokens.device != device:
+            self._collator = BatchCollator(
+                self.tokens.to(device), self.positions.to(device), trim=False
+            )
+        return self._collator
+
+    def __len__(self) -> int:
+        _, world_size = self._rank_of()
+        return math.ceil(math.ceil(len(self.tokens) / world_size) / self.batch_size)
+
+    def __iter__(self):
+        collate = self._collator_on(torch.device(self._device_of()))
+        order = self.sampler.indices(*self._rank_of()).to(collate.tokens.device)
+        for batch in order.split(self.batch_size):
+            yield collate(batch)
+
+
 class ShapeDataModule(L.LightningDataModule):
     """Random sequences and their generated shapes, split three ways and cached.
 
@@ -92,8 +168,8 @@ class ShapeDataModule(L.LightningDataModule):
         generator: the ShapeGenerator that gives sequences their shapes.
         num_train, num_val, num_test: split sizes.
         seed: seed of the sequences.
-        batch_size: sequences per batch.
-        num_workers: DataLoader workers (batches are cheap slices; 0 is usually best).
+        batch_size: sequences per batch. Batches are sliced on the trainer's device
+            (see `SplitLoader`), so there are no DataLoader workers.
         cache_dir: where cache files go; None keeps the data in memory only.
     """
 
@@ -105,7 +181,6 @@ class ShapeDataModule(L.LightningDataModule):
         num_test: int = 500,
         seed: int = 1234,
         batch_size: int = 64,
-        num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -118,7 +193,6 @@ class ShapeDataModule(L.LightningDataModule):
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.splits: dict[str, dict[str, Tensor]] = {}
         self.cache_info: CacheInfo | None = None
@@ -265,28 +339,40 @@ class ShapeDataModule(L.LightningDataModule):
             indices = list(range(len(data["tokens"])))
         return BatchCollator(data["tokens"], data["positions"])(list(indices))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _device(self) -> torch.device:
+        trainer = self._trainer_or_none()
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self._trainer_or_none()
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _trainer_or_none(self):
+        return getattr(self, "trainer", None)
+
+    def _loader(self, split: str, shuffle: bool) -> SplitLoader:
         self.prepare_data()
         data = self.splits[split]
-        return DataLoader(
-            IndexDataset(len(data["tokens"])),
+        return SplitLoader(
+            data["tokens"],
+            data["positions"],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=BatchCollator(data["tokens"], data["positions"]),
-            persistent_workers=self.num_workers > 0,
+            seed=self.seed,
+            device_of=self._device,
+            rank_of=self._rank,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> SplitLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> SplitLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> SplitLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> SplitLoader:
         return self._loader("test", shuffle=False)
 
     def summary(self) -> dict:

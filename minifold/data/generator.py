@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from minifold.data.alphabet import PAD, Alphabet
+from minifold.geometry import reversal_index
 
 
 class ShapeGenerator(nn.Module):
@@ -100,12 +101,9 @@ class ShapeGenerator(nn.Module):
         if mask is None:
             mask = tokens != PAD
         mask = mask.bool()
-        lengths = mask.sum(-1)
-        n = tokens.shape[1]
         # Reverse each sequence inside its own length; padding stays at the end,
         # so it never reaches the states of real letters.
-        index = torch.arange(n, device=tokens.device).expand_as(tokens)
-        reverse_index = torch.where(mask, lengths[:, None] - 1 - index, index)
+        reverse_index = reversal_index(mask)
         reversed_tokens = torch.gather(tokens, 1, reverse_index)
         # Gather token ids, not embeddings: the reversal then moves 8x less data.
         embedded_dtype = self.embedding.weight.dtype

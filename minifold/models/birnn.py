@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from minifold.geometry import pair_mask as make_pair_mask
+from minifold.geometry import reversal_index
 from minifold.models.layers import ChainPairFeatures, RelativePositionEmbedding
 
 
@@ -13,9 +14,11 @@ class BiRNNBackbone(nn.Module):
     """Bidirectional GRU over tokens; pair MLP over [f_i, f_j, f_i * f_j, relpos(|i - j|)].
 
     The generator reads each sequence with a forward and a backward RNN, so a
-    bidirectional RNN has the matching inductive bias. Sequences are packed, so
-    the backward direction starts at each sequence's own last letter, not at
-    the batch's padding.
+    bidirectional RNN has the matching inductive bias. The backward direction
+    reads each sequence reversed inside its own length (a gather, as the
+    generator does), so it starts at the sequence's last letter, not at the
+    batch's padding, and nothing waits on the host (packed sequences need the
+    lengths there every step).
 
     Args:
         vocab_size: token ids, PAD (0) included.
@@ -44,14 +47,12 @@ class BiRNNBackbone(nn.Module):
         super().__init__()
         self.pair_dim = pair_dim
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
-        self.rnn = nn.GRU(
-            embed_dim,
-            hidden_size,
-            num_layers=num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        # One forward and one backward GRU per layer; each layer reads both
+        # directions of the one below, as nn.GRU(bidirectional=True) does.
+        widths = [embed_dim] + [2 * hidden_size] * (num_layers - 1)
+        self.forward_rnns = nn.ModuleList(nn.GRU(w, hidden_size, batch_first=True) for w in widths)
+        self.backward_rnns = nn.ModuleList(nn.GRU(w, hidden_size, batch_first=True) for w in widths)
+        self.dropout = nn.Dropout(dropout)
         features = 2 * hidden_size
         # The first layer of an MLP over the concatenation, written as a sum of
         # per-part linear maps so the [B, N, N, 3F] concatenation is never built.
@@ -76,12 +77,18 @@ class BiRNNBackbone(nn.Module):
             [B, N, N, pair_dim] pair features, zero outside real pairs
         """
         n = tokens.shape[1]
-        lengths = mask.sum(-1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(
-            self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False
-        )
-        states, _ = self.rnn(packed)
-        features, _ = pad_packed_sequence(states, batch_first=True, total_length=n)
+        reverse = reversal_index(mask)[..., None]
+        features = self.embedding(tokens)
+        for layer, (forward_rnn, backward_rnn) in enumerate(
+            zip(self.forward_rnns, self.backward_rnns, strict=True)
+        ):
+            if layer > 0:
+                features = self.dropout(features)
+            index = reverse.expand(-1, -1, features.shape[-1])
+            forward_states, _ = forward_rnn(features)
+            backward_states, _ = backward_rnn(torch.gather(features, 1, index))
+            index = reverse.expand(-1, -1, backward_states.shape[-1])
+            features = torch.cat([forward_states, torch.gather(backward_states, 1, index)], -1)
         features = features * mask[..., None].to(features.dtype)
         product = features[:, :, None, :] * features[:, None, :, :]
         hidden = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import time
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +30,37 @@ def _plain(config: Any) -> Any:
     if isinstance(config, DictConfig):
         return OmegaConf.to_container(config, resolve=True)
     return config
+
+
+def _collect_rng_states() -> dict[str, Any]:
+    """Every random state a training step can draw from (torch CPU and CUDA, NumPy, Python)."""
+    import numpy as np
+
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # as plain types and tensors, so the checkpoint loads with weights_only=True
+        "numpy": _numpy_state_as_tensor(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _numpy_state_as_tensor(state: tuple) -> tuple:
+    kind, keys, position, has_gauss, cached = state
+    return (kind, torch.from_numpy(keys.copy()), int(position), int(has_gauss), float(cached))
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _build(config: Mapping | nn.Module, what: str, **kwargs: Any) -> nn.Module:
@@ -60,6 +91,10 @@ class DistanceModule(L.LightningModule):
             out, is set to the trainer's estimated number of optimizer steps.
         scheduler_interval: "step" or "epoch", how often the scheduler steps.
         alphabet, dim, max_len: what the model was trained on (kept for inference).
+        batch_size, lr_reference_batch_size: the optimizer's `lr` is the rate for
+            `lr_reference_batch_size` sequences per batch; at another batch size it is
+            scaled by sqrt(batch_size / lr_reference_batch_size) (Adam's usual rule), so
+            a GPU preset can raise the batch without retuning. None: no scaling.
     """
 
     def __init__(
@@ -72,6 +107,8 @@ class DistanceModule(L.LightningModule):
         alphabet: str = "abcdefgh",
         dim: int = 2,
         max_len: int = 39,
+        batch_size: int = 64,
+        lr_reference_batch_size: int | None = 64,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
@@ -87,6 +124,8 @@ class DistanceModule(L.LightningModule):
                 "alphabet": str(alphabet),
                 "dim": int(dim),
                 "max_len": int(max_len),
+                "batch_size": int(batch_size),
+                "lr_reference_batch_size": lr_reference_batch_size,
             }
         )
         self.net = _build(net, "model.net")
@@ -101,7 +140,6 @@ class DistanceModule(L.LightningModule):
         # Squared error and pair count summed over an epoch: the RMSE pools all real
         # pairs rather than averaging per-batch RMSEs.
         self._squared_error: dict[str, tuple[Tensor, Tensor]] = {}
-        self._last_batch_end: float | None = None
 
     # ------------------------------------------------------------------ model
     def forward(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -135,26 +173,29 @@ class DistanceModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         _, _, loss = self._step(batch)
+        # Not in the progress bar per step: showing it reads the loss back from the
+        # device every step, a host sync that sets the pace on a GPU.
         self.log(
             "train/loss",
             loss,
             on_step=True,
             on_epoch=True,
-            prog_bar=True,
             batch_size=batch["tokens"].shape[0],
         )
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._last_batch_end is not None and now > self._last_batch_end:
-            rate = batch["tokens"].shape[0] / (now - self._last_batch_end)
-            self.log("train/samples_per_s", rate, on_step=True, on_epoch=False)
-        self._last_batch_end = now
+    # ------------------------------------------------------- exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The random state at the end of an epoch is what the next epoch starts
+        # from (dropout, random init of anything lazily built); batch order comes
+        # from (seed, epoch) in the datamodule. With both, a resumed run continues
+        # exactly as the uninterrupted one would have.
+        checkpoint["rng_states"] = _collect_rng_states()
 
-    def on_train_epoch_start(self) -> None:
-        # Validation between epochs is not training time.
-        self._last_batch_end = None
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            _set_rng_states(states)
 
     def _evaluate(self, batch: dict[str, Tensor], phase: str) -> Tensor:
         outputs, pairs, loss = self._step(batch)
@@ -258,6 +299,11 @@ class DistanceModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self._factory(self.optimizer_factory)(self.parameters())
+        reference = self.hparams.get("lr_reference_batch_size")
+        if reference:
+            scale = math.sqrt(self.hparams.batch_size / reference)
+            for group in optimizer.param_groups:
+                group["lr"] *= scale
         if self.scheduler_factory is None:
             return optimizer
         factory = self._factory(self.scheduler_factory)

@@ -1,0 +1,102 @@
+"""The code paths a GPU takes, run on the CPU: batches made on the device, sync-free reading."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from minifold.data.datamodule import EpochSampler, SplitLoader
+from minifold.geometry import reversal_index
+from minifold.models.birnn import BiRNNBackbone
+
+
+def _split(size: int = 23, width: int = 9, dim: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, width + 1, (size,), generator=generator)
+    mask = torch.arange(width)[None] < lengths[:, None]
+    tokens = torch.randint(1, 9, (size, width), generator=generator) * mask
+    positions = torch.randn(size, width, dim, generator=generator) * mask[..., None]
+    return tokens.to(torch.uint8), positions
+
+
+def test_split_loader_serves_every_sequence_once_per_epoch_with_exact_targets():
+    tokens, positions = _split()
+    loader = SplitLoader(tokens, positions, batch_size=5, shuffle=True, seed=3)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 5
+    index = torch.cat([b["index"] for b in batches])
+    assert sorted(index.tolist()) == list(range(23))
+    assert index.tolist() != list(range(23))  # shuffled
+    for batch in batches:
+        assert batch["tokens"].shape[1] == tokens.shape[1]  # one fixed width, no trimming
+        true = positions[batch["index"]]
+        mask = tokens[batch["index"]] != 0
+        assert torch.equal(batch["mask"], mask)
+        assert torch.equal(batch["lengths"], mask.sum(-1))
+        for row in range(len(batch["index"])):
+            n = int(mask[row].sum())
+            expected = torch.cdist(true[row, :n].double(), true[row, :n].double()).float()
+            torch.testing.assert_close(batch["distances"][row, :n, :n], expected)
+            assert batch["distances"][row, n:].abs().sum() == 0
+            assert batch["distances"][row, :, n:].abs().sum() == 0
+
+
+def test_epoch_sampler_order_depends_on_seed_and_epoch_only():
+    sampler = EpochSampler(50, shuffle=True, seed=1)
+    sampler.set_epoch(4)
+    first = sampler.indices()
+    torch.manual_seed(123)  # the global RNG must not matter
+    again = EpochSampler(50, shuffle=True, seed=1)
+    again.set_epoch(4)
+    assert torch.equal(again.indices(), first)
+    again.set_epoch(5)
+    assert not torch.equal(again.indices(), first)
+    assert not torch.equal(EpochSampler(50, shuffle=True, seed=2).indices(), sampler.indices())
+    assert torch.equal(EpochSampler(7, shuffle=False, seed=1).indices(), torch.arange(7))
+
+
+def test_epoch_sampler_shards_cover_the_split_with_equal_counts():
+    sampler = EpochSampler(11, shuffle=True, seed=0)
+    shards = [sampler.indices(rank, 3) for rank in range(3)]
+    assert {len(s) for s in shards} == {4}
+    assert set(torch.cat(shards).tolist()) == set(range(11))
+    loader = SplitLoader(
+        *_split(size=11), batch_size=3, shuffle=True, seed=0, rank_of=lambda: (1, 3)
+    )
+    assert torch.equal(torch.cat([b["index"] for b in loader]), shards[1])
+    assert len(loader) == 2
+
+
+def test_reversal_index_reverses_inside_each_length_and_is_its_own_inverse():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    index = reversal_index(mask)
+    assert index.tolist() == [[2, 1, 0, 3], [3, 2, 1, 0], [0, 1, 2, 3]]
+    assert torch.equal(torch.gather(index, 1, index), torch.arange(4).expand(3, 4))
+
+
+def test_birnn_equals_a_packed_bidirectional_gru_with_the_same_weights():
+    torch.manual_seed(0)
+    backbone = BiRNNBackbone(vocab_size=9, embed_dim=5, hidden_size=6, num_layers=2).eval()
+    packed_gru = torch.nn.GRU(5, 6, num_layers=2, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for layer in range(2):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                forward = getattr(backbone.forward_rnns[layer], f"{name}_l0")
+                backward = getattr(backbone.backward_rnns[layer], f"{name}_l0")
+                getattr(packed_gru, f"{name}_l{layer}").copy_(forward)
+                getattr(packed_gru, f"{name}_l{layer}_reverse").copy_(backward)
+    tokens, _ = _split(size=6, width=8)
+    tokens = tokens.long()
+    mask = tokens != 0
+    embedded = backbone.embedding(tokens)
+    packed = pack_padded_sequence(embedded, mask.sum(-1), batch_first=True, enforce_sorted=False)
+    expected, _ = pad_packed_sequence(packed_gru(packed)[0], batch_first=True, total_length=8)
+
+    captured = {}
+    handle = backbone.left.register_forward_hook(
+        lambda module, args, output: captured.update(x=args[0])
+    )
+    with torch.no_grad():
+        backbone(tokens, mask)
+    handle.remove()
+    torch.testing.assert_close(captured["x"], expected * mask[..., None], atol=1e-6, rtol=1e-5)
