@@ -49,7 +49,36 @@ def test_option_composes_and_resolves(group, option, tmp_path):
     )
     cfg.paths.output_dir = str(tmp_path)  # the hydra resolver is not live outside a run
     OmegaConf.resolve(cfg)
-    assert cfg.dim == 2
+    assert cfg.hydra.runtime.choices[group] == option
+    # every literal the option file sets arrived where its package puts it
+    path = CONF / group / f"{option}.yaml"
+    own = OmegaConf.load(path)
+    own.pop("defaults", None)
+    is_global = path.read_text().startswith("# @package _global_")
+    checked = 0
+    for key, value in leaves(own):
+        if isinstance(value, str) and "${" in value:
+            continue
+        got = cfg if is_global else cfg[group]
+        for part in key:  # keys may hold dots (optuna's swept parameters)
+            got = got[part]
+        got = OmegaConf.to_container(got) if OmegaConf.is_list(got) else got
+        assert getattr(got, "name", got) == value, key  # enums (hydra.mode) by name
+        checked += 1
+    assert checked or not own, f"{path.name} sets nothing literal to check"
+
+
+def leaves(node, prefix: tuple = ()):
+    """(key path, value) of every scalar or list in a config, interpolations unresolved."""
+    for key in node:
+        value = node._get_node(key)
+        name = (*prefix, key)
+        if OmegaConf.is_dict(value):
+            yield from leaves(value, name)
+        elif OmegaConf.is_list(value):
+            yield name, OmegaConf.to_container(value)
+        else:
+            yield name, value._value()
 
 
 def test_dim_reaches_every_group():

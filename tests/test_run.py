@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -54,10 +55,19 @@ def trained(tmp_path_factory):
 
 def test_full_run_writes_metrics_report_and_pictures(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert metrics["summary"]["test/lddt"] >= 0.0
-    assert len(metrics["per_sequence"]) == 12
-    row = metrics["per_sequence"][0]
-    assert {"sequence", "length", "lddt", "rmsd_over_rg", "gdt_ts", "distance_mae"} <= set(row)
+    rows = metrics["per_sequence"]
+    assert len(rows) == 12
+    assert {"sequence", "length", "lddt", "rmsd_over_rg", "gdt_ts", "distance_mae"} <= set(rows[0])
+    assert all(len(row["sequence"]) == row["length"] for row in rows)
+    for key in ("lddt", "rmsd_over_rg", "gdt_ts", "distance_mae"):
+        column = np.array([row[key] for row in rows])
+        assert metrics["summary"][f"test/{key}"] == pytest.approx(column.mean())
+        # torch's median of an even count is the lower middle value, not their mean
+        lower_median = np.sort(column)[(len(column) - 1) // 2]
+        assert metrics["summary"][f"test/{key}_median"] == pytest.approx(lower_median)
+    # a barely trained model: scores inside (0, 1), not pinned to either end
+    lddt = np.array([row["lddt"] for row in rows])
+    assert ((lddt > 0) & (lddt < 1)).all() and lddt.std() > 0
     report = (trained / "report.md").read_text()
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert {"fold_median.png", "folding_median.gif", "gallery.png", "distances_median.png"} <= set(
@@ -76,7 +86,8 @@ def test_full_run_writes_metrics_report_and_pictures(trained):
 
 
 def test_evaluate_a_checkpoint_without_training(trained, tmp_path):
-    checkpoint = trained / "checkpoints" / "last.ckpt"
+    # the run evaluated its best checkpoint: evaluating that file again must reproduce it
+    checkpoint = trained / "checkpoints" / "best.ckpt"
     run_cli(
         tmp_path,
         *TINY,
@@ -86,8 +97,19 @@ def test_evaluate_a_checkpoint_without_training(trained, tmp_path):
         f"paths.cache_dir={trained.parent}/outputs/cache",
     )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert len(metrics["per_sequence"]) == 12
+    original = json.loads((trained / "metrics.json").read_text())
     assert metrics["train"] == {}
+    assert len(metrics["per_sequence"]) == len(original["per_sequence"]) == 12
+    for row, expected in zip(metrics["per_sequence"], original["per_sequence"], strict=True):
+        assert row.keys() == expected.keys()
+        for key, value in expected.items():
+            assert row[key] == (
+                pytest.approx(value, abs=1e-6) if isinstance(value, float) else value
+            )
+    for key, value in original["summary"].items():
+        if key.startswith("test/") and key in metrics["summary"]:
+            assert metrics["summary"][key] == pytest.approx(value, abs=1e-6), key
+    assert {k for k in original["summary"] if k.startswith("test/lddt")} <= set(metrics["summary"])
 
 
 def test_fold_one_sequence(trained, tmp_path):
@@ -119,6 +141,7 @@ def test_fold_one_sequence_rejects_bad_input(trained, tmp_path, override, messag
     assert message in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_dim3_run(tmp_path):
     run_cli(tmp_path, *TINY, "dim=3", "model=birnn", f"hydra.run.dir={tmp_path}/run3")
     metrics = json.loads((tmp_path / "run3" / "metrics.json").read_text())
@@ -198,10 +221,14 @@ def sweep_dir(root: Path) -> Path:
 def test_multirun_summary(tmp_path):
     run_cli(tmp_path, "-m", *TINY, "generator.back_discount=0.0,0.5")
     sweep = sweep_dir(tmp_path)
-    rows = (sweep / "summary.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and all(",ok," in row for row in rows[1:])
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert [float(row["back_discount"]) for row in rows] == [0.0, 0.5]
+    for job, row in enumerate(rows):
+        summary = json.loads((sweep / str(job) / "metrics.json").read_text())["summary"]
+        for key in ("test/lddt_median", "test/rmsd_over_rg_median", "test/gdt_ts_median"):
+            assert row[key] == f"{summary[key]:.4f}", (job, key)
     assert (sweep / "summary.md").exists() and (sweep / "summary.png").stat().st_size > 0
-    assert (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").exists()
 
 
 def test_multirun_failure_keeps_finished_jobs(tmp_path):
@@ -210,15 +237,22 @@ def test_multirun_failure_keeps_finished_jobs(tmp_path):
     sweep = sweep_dir(tmp_path)
     summary = (sweep / "summary.md").read_text()
     assert "1 failed" in summary and "batch_size is 0" in summary
-    assert (sweep / "0" / "metrics.json").exists()
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["status"] for row in rows] == ["ok", "failed"]
+    assert rows[0]["error"] == "" and rows[1]["test/lddt_median"] == ""
+    assert "ValueError" in rows[1]["error"] and "data.batch_size is 0" in rows[1]["error"]
+    finished = json.loads((sweep / "0" / "metrics.json").read_text())["summary"]
+    assert rows[0]["test/lddt_median"] == f"{finished['test/lddt_median']:.4f}"
 
 
+@pytest.mark.slow
 def test_joblib_launcher(tmp_path):
     run_cli(tmp_path, "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dim=2,3")
     rows = (sweep_dir(tmp_path) / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and all(",ok," in row for row in rows[1:])
 
 
+@pytest.mark.slow
 def test_optuna_sweeper(tmp_path):
     result = run_cli(
         tmp_path,

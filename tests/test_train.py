@@ -124,6 +124,7 @@ def test_resume_refuses_a_mismatched_checkpoint(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_ddp_cpu_fits(tmp_path):
     cfg = config(
         tmp_path,

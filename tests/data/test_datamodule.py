@@ -33,13 +33,63 @@ def test_miss_then_hit_with_identical_data(cache_dir):
     assert sorted(p.suffix for p in cache_dir.iterdir()) == [".lock", ".pt"]
 
 
-def test_config_changes_use_another_file(cache_dir):
+# Every setting the data depend on, each with another value.
+DATA_SETTINGS = [
+    ("generator", "alphabet", "abcdefg"),
+    ("generator", "dim", 3),
+    ("generator", "embedding_dim", 6),
+    ("generator", "hidden_size", 5),
+    ("generator", "back_discount", 0.5),
+    ("generator", "reference_code", True),
+    ("generator", "seed", 1),
+    ("generator", "min_len", 21),
+    ("generator", "max_len", 38),
+    ("data", "num_train", 201),
+    ("data", "num_val", 51),
+    ("data", "num_test", 21),
+    ("data", "seed", 4),
+]
+
+
+def test_every_data_setting_changes_the_cache_key_one_at_a_time(cache_dir):
     base = make(cache_dir)
-    assert make(cache_dir, generator={"back_discount": 0.5}).cache_path != base.cache_path
-    assert make(cache_dir, generator={"dim": 3}).cache_path != base.cache_path
-    assert make(cache_dir, num_val=51).cache_path != base.cache_path
-    # batch size and workers do not change the data, so they share the cache
+    assert set(base.generator.hparams) == {
+        name for group, name, _ in DATA_SETTINGS if group == "generator"
+    }, "a new generator setting needs a row in DATA_SETTINGS"
+    keys = {base.config_hash}
+    for group, name, value in DATA_SETTINGS:
+        changed = make(cache_dir, generator={name: value}) if group == "generator" else None
+        changed = changed or make(cache_dir, **{name: value})
+        assert changed.cache_path != base.cache_path, name
+        keys.add(changed.config_hash)
+    assert len(keys) == len(DATA_SETTINGS) + 1  # and no two settings collide
+    # batch size, workers and the folder do not change the data: they share the cache
     assert make(cache_dir, batch_size=7).cache_path == base.cache_path
+    assert make(cache_dir, num_workers=2).cache_path == base.cache_path
+    assert make(cache_dir.parent / "elsewhere").config_hash == base.config_hash
+
+
+def test_cached_positions_are_the_generators_output(cache_dir):
+    first = make(cache_dir, generator={"back_discount": 0.7})
+    first.prepare_data()
+    loaded = make(cache_dir, generator={"back_discount": 0.7})
+    loaded.prepare_data()
+    assert loaded.cache_info.hit is True
+    generator = ShapeGenerator(back_discount=0.7)
+    for split, rows in (("train", [0, 57, 199]), ("val", [3, 49]), ("test", [0, 19])):
+        tokens = loaded.splits[split]["tokens"][rows].long()
+        # the RNN's float32 rounding depends on the batch it runs in: 1e-5, not exact
+        torch.testing.assert_close(
+            loaded.splits[split]["positions"][rows], generator(tokens).float(), atol=1e-5, rtol=0
+        )
+    # the batches serve those positions and their exact distances
+    batch = loaded.batch("test", [0, 19])
+    lengths = batch["lengths"].tolist()
+    for row, length in enumerate(lengths):
+        points = generator(batch["tokens"][row : row + 1, :length])[0]
+        torch.testing.assert_close(batch["positions"][row, :length], points, atol=1e-5, rtol=0)
+        expected = (points[:, None] - points[None]).norm(dim=-1)
+        torch.testing.assert_close(batch["distances"][row, :length, :length], expected)
 
 
 def test_corrupt_file_is_reported_and_regenerated(cache_dir, caplog):
@@ -119,7 +169,11 @@ def test_batches(cache_dir):
     assert (batch["distances"][i, length:] == 0).all() and (
         batch["distances"][i, :, length:] == 0
     ).all()
-    assert module.max_distance > 0
+    # the largest distance over all pairs of the train split, by brute force
+    largest = max(
+        float(torch.cdist(points, points).max()) for points in module.splits["train"]["positions"]
+    )
+    assert module.max_distance == pytest.approx(largest, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -130,21 +184,54 @@ def test_bad_settings(cache_dir, kwargs, message):
         make(cache_dir, **kwargs)
 
 
-def _prepare(cache_dir, queue):
-    module = make(cache_dir, num_train=3000)
+def _prepare(cache_dir, events, queue, hold: bool) -> None:
+    """A job's prepare_data; the holding job waits inside generation until released."""
+    module = make(cache_dir)
+    generate, try_load = module.generate, module._try_load
+    generated = []
+
+    def waiting_generate():
+        generated.append(True)
+        if hold:
+            events["generating"].set()
+            assert events["release"].wait(60), "never released"
+        return generate()
+
+    def signalling_try_load(path):
+        found = try_load(path)
+        if not hold:
+            events["checked"].set()
+        return found
+
+    module.generate, module._try_load = waiting_generate, signalling_try_load
+    if not hold:
+        # start (imports done) in parallel, but enter only once the holder generates
+        assert events["generating"].wait(120), "the holder never started generating"
+        events["entering"].set()
     module.prepare_data()
-    queue.put(module.cache_info.hit)
+    queue.put((hold, module.cache_info.hit, bool(generated)))
 
 
 def test_concurrent_jobs_generate_once(cache_dir):
+    """The second job waits on the lock while the first is inside generation (no timing luck)."""
     context = mp.get_context("spawn")
+    events = {name: context.Event() for name in ("generating", "release", "entering", "checked")}
     queue = context.Queue()
-    workers = [context.Process(target=_prepare, args=(cache_dir, queue)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
-    hits = sorted(queue.get(timeout=5) for _ in workers)
-    assert hits == [False, True]
-    assert all(worker.exitcode == 0 for worker in workers)
+    first = context.Process(target=_prepare, args=(cache_dir, events, queue, True))
+    second = context.Process(target=_prepare, args=(cache_dir, events, queue, False))
+    first.start()
+    second.start()
+    try:
+        assert events["entering"].wait(120), "the jobs never started"
+        # Entering prepare_data to looking at the cache takes milliseconds; with the
+        # lock held by a job that is still generating, the second job must not get there.
+        assert not events["checked"].wait(3), "the second job read the cache during generation"
+    finally:
+        events["release"].set()
+        for worker in (first, second):
+            worker.join(120)
+    results = sorted(queue.get(timeout=5) for _ in range(2))
+    # (hold, hit, generated): the holder generated (a miss), the other loaded its file
+    assert results == [(False, True, False), (True, False, True)]
+    assert all(worker.exitcode == 0 for worker in (first, second))
     assert len(list(cache_dir.glob("*.pt"))) == 1

@@ -1,0 +1,131 @@
+"""Sweep summaries: each row carries its job's metrics.json or its error; experiments compose."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+import minifold  # noqa: F401  (resolvers)
+from minifold.report import SUMMARY_METRICS, SweepSummaryCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted((ROOT / "experiments" / "experiment").glob("*.yaml"))
+
+
+def job_config(sweep: Path, num: int, overrides: list[str], dim: int, back_discount: float):
+    """The slice of a multirun job's config that the summary callback reads."""
+    return OmegaConf.create(
+        {
+            "dim": dim,
+            "generator": {"back_discount": back_discount},
+            "hydra": {
+                "mode": RunMode.MULTIRUN,
+                "sweep": {"dir": str(sweep)},
+                "job": {"num": num},
+                "runtime": {"output_dir": str(sweep / str(num)), "choices": {"model": "birnn"}},
+                "overrides": {"task": overrides},
+            },
+        }
+    )
+
+
+def finished_job(sweep: Path, num: int, summary: dict, fit_seconds: float, **settings):
+    out = sweep / str(num)
+    out.mkdir(parents=True)
+    metrics = {"summary": summary, "train": {"fit_seconds": fit_seconds}, "per_sequence": []}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return job_config(sweep, num, **settings), JobReturn(status=JobStatus.COMPLETED)
+
+
+def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
+    sweep = tmp_path / "sweep"
+    summaries = [
+        {
+            "test/lddt_median": 0.61234,
+            "test/rmsd_over_rg_median": 0.4,
+            "test/distance_mae_median": 0.731,
+            "test/gdt_ts_median": 0.52,
+            "test/lddt": 0.6,
+        },
+        {
+            "test/lddt_median": 0.25,
+            "test/rmsd_over_rg_median": 1.25,
+            "test/distance_mae_median": 2.5,
+            "test/gdt_ts_median": 0.125,
+            "test/lddt": 0.3,
+        },
+    ]
+    callback = SweepSummaryCallback()
+    settings = [
+        dict(overrides=["dim=2", "generator.back_discount=0.0"], dim=2, back_discount=0.0),
+        dict(overrides=["dim=3", "model/head=distogram"], dim=3, back_discount=0.1),
+    ]
+    for num in (0, 1):
+        config, job_return = finished_job(
+            sweep, num, summaries[num], fit_seconds=10.0 + num, **settings[num]
+        )
+        callback.on_job_end(config, job_return)
+    (sweep / "2").mkdir()
+    failed = JobReturn(
+        status=JobStatus.FAILED, _return_value=ValueError("data.batch_size is 0; it must be >= 1")
+    )
+    config = job_config(sweep, 2, ["data.batch_size=0"], dim=2, back_discount=0.1)
+    callback.on_job_end(config, failed)
+
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["job"] for row in rows] == ["0", "1", "2"]
+    for num in (0, 1):
+        row = rows[num]
+        assert row["status"] == "ok" and row["error"] == ""
+        for key in SUMMARY_METRICS:
+            assert row[key] == f"{summaries[num][key]:.4f}", key
+        assert row["fit_seconds"] == f"{10.0 + num:.4f}"
+        assert row["dim"] == str(settings[num]["dim"])
+        assert float(row["back_discount"]) == settings[num]["back_discount"]
+        assert row["overrides"] == " ".join(settings[num]["overrides"])
+    assert rows[1]["variant"] == "birnn+distogram"
+    assert rows[2]["status"] == "failed"
+    assert rows[2]["error"] == "ValueError: data.batch_size is 0; it must be >= 1"
+    assert all(rows[2][key] == "" for key in SUMMARY_METRICS)
+    # each job's result.json keeps the full-precision values of its metrics.json
+    for num in (0, 1):
+        result = json.loads((sweep / str(num) / "result.json").read_text())
+        assert {k: result[k] for k in summaries[num]} == summaries[num]
+    markdown = (sweep / "summary.md").read_text()
+    assert "3 jobs, 1 failed." in markdown
+    assert "## Job 2 failed" in markdown and "batch_size is 0" in markdown
+    assert "0.6123" in markdown and (sweep / "summary.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_composes_with_each_swept_value(path, tmp_path):
+    assert EXPERIMENTS, "no experiments found"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = [f"experiment={path.stem}", f"paths.log_dir={tmp_path}"]
+        cfg = compose("config", overrides=base, return_hydra_config=True)
+        assert cfg.experiment_name == path.stem
+        params = cfg.hydra.sweeper.params
+        assert params, f"{path.name} sweeps nothing"
+        for key, values in params.items():
+            for value in str(values).split(","):
+                swept = compose(
+                    "config", overrides=[*base, f"{key}={value}"], return_hydra_config=True
+                )
+                choices = swept.hydra.runtime.choices
+                chosen = choices[key] if key in choices else OmegaConf.select(swept, key)
+                assert str(chosen) == value, (key, value)
+                with open_dict(swept):
+                    del swept["hydra"]
+                swept.paths.output_dir = str(tmp_path)  # a Hydra resolver outside a run
+                OmegaConf.resolve(swept)
+                assert swept.task_name == path.stem
