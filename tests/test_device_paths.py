@@ -100,3 +100,49 @@ def test_birnn_equals_a_packed_bidirectional_gru_with_the_same_weights():
         backbone(tokens, mask)
     handle.remove()
     torch.testing.assert_close(captured["x"], expected * mask[..., None], atol=1e-6, rtol=1e-5)
+
+
+def _module(**overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from tests.test_train import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    return cfg, instantiate(cfg.model)
+
+
+def test_learning_rate_scales_with_the_square_root_of_the_batch():
+    cfg, module = _module(**{"data.batch_size": 256, "model.scheduler": "null"})
+    assert module.configure_optimizers().param_groups[0]["lr"] == 2 * cfg.model.optimizer.lr
+    cfg, module = _module(**{"data.batch_size": 64, "model.scheduler": "null"})
+    assert module.configure_optimizers().param_groups[0]["lr"] == cfg.model.optimizer.lr
+    cfg, module = _module(
+        **{
+            "data.batch_size": 256,
+            "model.scheduler": "null",
+            "model.lr_reference_batch_size": "null",
+        }
+    )
+    assert module.configure_optimizers().param_groups[0]["lr"] == cfg.model.optimizer.lr
+
+
+def test_gpu_preset_lifts_the_cpu_time_cap_and_raises_the_batch():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.test_train import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        default = compose("config")
+        gpu = compose("config", overrides=["trainer=gpu"])
+    assert default.trainer.max_time is not None and gpu.trainer.max_time is None
+    assert gpu.trainer.accelerator == "gpu"
+    assert gpu.data.batch_size > default.data.batch_size
+    assert gpu.model.batch_size == gpu.data.batch_size
+    # everything else in the trainer still comes from the default
+    assert gpu.trainer.max_epochs == default.trainer.max_epochs
