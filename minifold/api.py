@@ -55,7 +55,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), output_dir: str | Path 
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import OmegaConf, open_dict, read_write
 
     import minifold  # noqa: F401  (resolvers)
 
@@ -63,8 +63,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), output_dir: str | Path 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # choices and overrides for the run name
-    with open_dict(cfg):
-        out = Path(output_dir) if output_dir else Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    out = Path(output_dir) if output_dir else Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    with read_write(cfg.hydra.runtime):  # as Hydra's run_job does
         cfg.hydra.runtime.output_dir = str(out.resolve())
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -88,12 +88,13 @@ def train(
     cfg = compose(overrides, output_dir)
     objective = run(cfg)
     out = Path(cfg.paths.output_dir)
-    metrics_path = out / "metrics.json"
-    saved = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    best = (saved.get("train") or {}).get("best_checkpoint")
+    metrics, train_summary = out / "metrics.json", out / "train_summary.json"
+    summary = json.loads(metrics.read_text())["summary"] if metrics.exists() else {}
+    trained = json.loads(train_summary.read_text()) if train_summary.exists() else {}
+    best = trained.get("best_checkpoint")
     return TrainResult(
         out_dir=out,
-        metrics=saved.get("summary", {}),
+        metrics=summary,
         checkpoint=Path(best) if best else None,
         objective=objective,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 # Overrides that say where or how a run is recorded, not what it computes.
 UNNAMED_KEYS = ("hydra", "paths", "logger", "experiment", "hparams_search", "ckpt_path", "fold")
-UNNAMED_KEYS += ("extras", "publish", "task_name", "tags", "threads", "callbacks")
+UNNAMED_KEYS += ("extras", "publish", "task_name", "tags", "threads", "callbacks", "stages")
 # Short forms of long override keys (the last part of the dotted key).
 SHORT_KEYS = {
     "back_discount": "bd",
