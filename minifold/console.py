@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
@@ -56,7 +57,7 @@ def quiet_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(tip)
-    for name in ("alembic", "alembic.runtime.migration", "matplotlib.animation"):
+    for name in ("alembic", "mlflow.store.db.utils", "matplotlib.animation"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -72,10 +73,10 @@ def choices_table(cfg: DictConfig, identity: RunIdentity) -> Table:
     table.add_column("value")
     for group, option in identity.choices.items():
         if option is not None and not group.startswith("hydra"):
-            table.add_row(group, option)
+            table.add_row(group, escape(option))
     table.add_row("dim", str(cfg.get("dim")))
-    table.add_row("stages", " ".join(cfg.get("stages") or []))
-    table.add_row("overrides", " ".join(identity.overrides) or "(none)")
+    table.add_row("stages", escape(" ".join(cfg.get("stages") or [])))
+    table.add_row("overrides", escape(" ".join(identity.overrides)) or "(none)")
     return table
 
 
