@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from minifold.atomic import atomic_path, write_json, write_text
@@ -352,17 +353,23 @@ def log_results(context, pictures: dict[str, str]) -> None:
 
     CSV gets the scalars; TensorBoard the scalars and the PNGs as images; MLflow the
     scalars and every picture plus report.md/.html as artifacts; W&B the scalars,
-    the per-sequence table, the pictures and the folding GIF as a video.
+    the per-sequence table, the pictures and the folding GIF as a video. With
+    `log_model=true`, W&B and MLflow also get the checkpoints as artifacts.
     """
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     scalars = _finite_scalars(context.metrics)
+    checkpoints = []
+    if OmegaConf.select(context.cfg, "log_model", default=False):
+        checkpoints = sorted((context.out_dir / "checkpoints").glob("*.ckpt"))
     step = int(getattr(context.trainer, "global_step", 0) or 0)
     for logger in context.ensure_loggers():
         try:
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, WandbLogger):
                 _wandb_extras(context, logger.experiment, pictures)
+                if checkpoints:
+                    _wandb_checkpoints(logger.experiment, checkpoints)
             elif isinstance(logger, TensorBoardLogger):
                 for key, name in pictures.items():
                     if name.endswith(".png"):
@@ -378,10 +385,22 @@ def log_results(context, pictures: dict[str, str]) -> None:
                     if path.exists():
                         folder = "pictures" if name in pictures.values() else None
                         logger.experiment.log_artifact(logger.run_id, str(path), folder)
+                for path in checkpoints:
+                    logger.experiment.log_artifact(logger.run_id, str(path), "checkpoints")
             elif isinstance(logger, CSVLogger):
                 logger.save()
         except Exception as error:  # one logger's failure must not lose the run's results
             log.warning("could not send the results to %s: %s", type(logger).__name__, error)
+
+
+def _wandb_checkpoints(run, checkpoints: list[Path]) -> None:
+    """The run's checkpoints as one W&B model artifact (kept offline until `wandb sync`)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"name": run.name})
+    for path in checkpoints:
+        artifact.add_file(str(path), name=path.name)
+    run.log_artifact(artifact, aliases=["latest"])
 
 
 def _wandb_extras(context, run, pictures: dict[str, str]) -> None:
@@ -568,6 +587,12 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _fmt_parameter(value: str) -> str:
+    """A swept value as given, but a sampled float to 4 significant digits."""
+    number = _number(value)
+    return f"{number:.4g}" if number is not None and "." in value else value
+
+
 def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per job: status, name, each swept parameter, the objective, metrics, time."""
     parameters = sweep_parameters(rows)
@@ -581,7 +606,7 @@ def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         pairs = _pairs(row)
         cells = [_fmt(row.get("job")), _fmt(row.get("status")), "★" if row is best else ""]
         cells += [_fmt(row.get("name") or row.get("model"))]
-        cells += [pairs.get(k, "") for k in parameters]
+        cells += [_fmt_parameter(pairs.get(k, "")) for k in parameters]
         cells += [_fmt(row.get(k)) for k in metrics]
         seconds = row.get("seconds", row.get("fit_seconds"))
         cells += [f"{seconds:.0f}" if isinstance(seconds, int | float) else ""]
@@ -688,6 +713,7 @@ def plot_trials(rows: list[dict], path: Path | None = None) -> Figure | None:
     axis.plot(trials, values, marker="o", linestyle="", label="trial")
     axis.step(trials, running, where="post", label="best so far")
     axis.set_xlabel("trial")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel(objective_key)
     axis.set_title(f"objective {objective_key} per trial ({better} is better)", fontsize=10)
     axis.legend(fontsize=7)
