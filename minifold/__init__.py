@@ -32,7 +32,8 @@ def run_group(default: str) -> str:
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return f"{default}-{Path(hydra_cfg.sweep.dir).name}"
+            sweep = Path(hydra_cfg.sweep.dir).name
+            return sweep if sweep.endswith(default) else f"{default}-{sweep}"
     except ValueError:  # not inside a Hydra run (compose API, tests)
         pass
     return default
@@ -46,12 +47,30 @@ if not OmegaConf.has_resolver("vocab_size"):
     # Token ids are PAD (0) plus one per letter.
     OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
 
+if not OmegaConf.has_resolver("run_name"):
+    # `${run_name:${dim}}`: model, dim and overrides, e.g. birnn-3d-bd0.3 (see minifold.naming)
+    def _run_name(dim=None) -> str:
+        from minifold.naming import run_name
 
-def fold(*args, **kwargs):
-    """Fold one distance matrix [N, N] into positions [N, dim]; see `minifold.folding.fold`."""
-    from minifold.folding import fold as _fold
+        return run_name(dim)
 
-    return _fold(*args, **kwargs)
+    OmegaConf.register_new_resolver("run_name", _run_name)
+
+# The notebook API, imported on first use so that `import minifold` stays light:
+# minifold.fold (folding.fold itself, with its real signature), minifold.load, minifold.train.
+_LAZY = {"fold": "minifold.folding", "load": "minifold.api", "train": "minifold.api"}
 
 
-__all__ = ["fold", "project_root", "__version__"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'minifold' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["fold", "load", "train", "project_root", "__version__"]

@@ -14,7 +14,6 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from rich.tree import Tree
 
 from minifold.atomic import AtomicCheckpointIO, write_json, write_text
 
@@ -26,20 +25,11 @@ METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "drmsd"
 
 # --------------------------------------------------------------------------- helpers
 def print_config(cfg: DictConfig, out_dir: Path) -> None:
-    """Print the resolved config as a rich tree and save it as config_tree.txt and config.yaml."""
-    tree = Tree("config", guide_style="dim")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    order = ["generator", "data", "model", "trainer", "folder", "logger", "callbacks", "paths"]
-    keys = [k for k in order if k in resolved] + [k for k in resolved if k not in order]
-    for key in keys:
-        value = resolved[key]
-        branch = tree.add(f"[bold]{key}[/bold]")
-        text = OmegaConf.to_yaml(value) if isinstance(value, dict | list) else str(value)
-        branch.add(text.rstrip() or "null")
-    console.print(tree)
-    with open(out_dir / "config_tree.txt", "w") as handle:
-        Console(file=handle, width=120, color_system=None).print(tree)
-    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+    """Print the run's choices and overrides (extras.print_config=tree: the whole tree);
+    save the tree as config_tree.txt and the resolved config as config.yaml."""
+    from minifold import console as run_console
+
+    run_console.print_config(cfg, out_dir)
 
 
 @dataclass
@@ -81,7 +71,8 @@ class RunContext:
         return self.loggers
 
     def close(self, failed: bool) -> None:
-        """Finish every logger; a W&B run is always finished so a sweep never hangs."""
+        """Finish every logger (a W&B run is always finished, so a sweep never hangs) and
+        record the run, failed or not, in outputs/runs.tsv."""
         for logger in self.loggers:
             try:
                 logger.finalize("failed" if failed else "success")
@@ -94,15 +85,70 @@ class RunContext:
                 wandb.finish(exit_code=1 if failed else 0)
         except Exception as error:
             log.warning("could not finish the W&B run: %s", error)
+        try:
+            record_run(self, failed)
+        except OSError as error:
+            log.warning("could not record the run in the runs index: %s", error)
+
+
+RUNS_INDEX_COLUMNS = ("finished", "status", "name", "task", "test/lddt", "dir")
+
+
+def record_run(context: RunContext, failed: bool) -> None:
+    """Append this run to <log_dir>/runs.tsv (an index of run dirs) and mark a failed run's
+    dir with a FAILED file, so runs can be told apart without opening them."""
+    import fcntl
+    from datetime import datetime
+
+    from minifold.naming import run_name
+
+    if failed:
+        write_text(context.out_dir / "FAILED", "this run failed; see its log\n")
+    log_dir = OmegaConf.select(context.cfg, "paths.log_dir")
+    if not log_dir:
+        return
+    index = Path(str(log_dir)) / "runs.tsv"
+    lddt = context.metrics.get("test/lddt")
+    row = [
+        datetime.now().isoformat(timespec="seconds"),
+        "failed" if failed else "ok",
+        run_name(context.cfg.get("dim")),
+        str(context.cfg.get("task_name")),
+        "" if lddt is None else f"{lddt:.4f}",
+        str(context.out_dir),
+    ]
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with open(index, "a") as handle:  # appends from parallel jobs: one locked line each
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if handle.tell() == 0:
+            handle.write("\t".join(RUNS_INDEX_COLUMNS) + "\n")
+        handle.write("\t".join(row) + "\n")
+
+
+# W&B run summaries keep these aggregates (not only the last value).
+WANDB_SUMMARIES = {"val/distance_mae": "min", "val/loss": "min", "val/lddt_distances": "max"}
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    """Instantiate every configured logger; W&B gets the run's group, job type and config."""
+    """Instantiate every configured logger and log the config to it once.
+
+    The logged config is the resolved config plus `choices` (Hydra's config-group
+    choices) and `overrides`; the model's own hyperparameters, which Lightning would
+    log again as flat keys (net, head, optimizer, ...), are already in it under
+    `model` and are not logged twice. W&B summaries keep the best val MAE.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    from minifold.naming import RunIdentity
+
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if not logger_cfg or "_target_" not in logger_cfg:
             continue
         logger = instantiate(logger_cfg)
+        if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous") is None:
+            # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run.
+            logger._wandb_init.pop("anonymous", None)
         loggers.append(logger)
         log.info(
             "logger %s -> %s",
@@ -111,9 +157,21 @@ def build_loggers(cfg: DictConfig) -> list:
         )
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams.pop("hydra", None)
+    identity = RunIdentity.current()
+    hparams["choices"] = identity.choices
+    hparams["overrides"] = identity.overrides
     for logger in loggers:
         logger.log_hyperparams(hparams)
+        # Lightning logs the module's hparams at fit start; they are in `model` already.
+        logger.log_hyperparams = _ignore_hyperparameters
+        if isinstance(logger, WandbLogger):
+            for key, summary in WANDB_SUMMARIES.items():
+                logger.experiment.define_metric(key, summary=summary)
     return loggers
+
+
+def _ignore_hyperparameters(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a logger's log_hyperparams once the full config is logged."""
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
@@ -483,8 +541,12 @@ def fold_matrix_file(context: RunContext) -> None:
 
 
 def finish(context: RunContext) -> None:
-    """The closing summary table: test metrics, time per stage, the run dir."""
-    table = Table(title=f"minifold run: {context.cfg.task_name}")
+    """The closing summary table: test metrics with their direction, time per stage, where
+    the report and the W&B run are."""
+    from minifold.naming import run_name
+    from minifold.report import direction
+
+    table = Table(title=f"minifold run: {run_name(context.cfg.get('dim'))}")
     table.add_column("quantity")
     table.add_column("median", justify="right")
     table.add_column("mean", justify="right")
@@ -492,9 +554,16 @@ def finish(context: RunContext) -> None:
         mean = context.metrics.get(f"test/{key}")
         if mean is not None:
             median = context.metrics[f"test/{key}_median"]
-            table.add_row(f"test {key}", f"{median:.4f}", f"{mean:.4f}")
+            better = {"higher": "↑", "lower": "↓"}.get(direction(key) or "", "")
+            table.add_row(f"test {key} {better}", f"{median:.4f}", f"{mean:.4f}")
     for stage, seconds in context.timings.items():
         table.add_row(f"time {stage}", f"{seconds:.1f} s", "")
-    table.add_row("run dir", str(context.out_dir), "")
     console.print(table)
+    # Paths below the table, whole, so that they can be copied.
+    console.print(f"run dir: {context.out_dir}", soft_wrap=True)
+    if (context.out_dir / "report.html").exists():
+        console.print(f"report:  {context.out_dir / 'report.html'}", soft_wrap=True)
+    wandb_dirs = sorted((context.out_dir / "wandb").glob("offline-run-*"))
+    if wandb_dirs:
+        console.print(f"W&B:     wandb sync {wandb_dirs[-1]}", soft_wrap=True)
     write_json(context.out_dir / "timings.json", context.timings)

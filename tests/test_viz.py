@@ -1,9 +1,14 @@
-"""Pictures: every function writes a non-empty file, from torch or NumPy input."""
+"""Pictures: every function returns a Figure and writes a non-empty file, from torch or NumPy input."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from minifold import viz
 from minifold.folding import Folder
@@ -24,7 +29,8 @@ def test_pictures_are_written(tmp_path, dim):
     mask[2, 9:] = False
     folder = Folder(dim=dim, init="random", smacof_iterations=4, max_iter=6, trajectory_every=2)
     result = folder(pairwise_distances(true), mask, return_trajectory=True)
-    paths = [
+    names = ["overlay.png", "alone.png", "heat.png", "gallery.png", "fold.gif"]
+    figures = [
         viz.plot_overlay(
             result.positions[0],
             true[0].numpy(),
@@ -46,6 +52,8 @@ def test_pictures_are_written(tmp_path, dim):
             [frame[0] for frame in result.trajectory], tmp_path / "fold.gif", true=true[0], fps=5
         ),
     ]
+    assert all(isinstance(figure, Figure) for figure in figures)
+    paths = [tmp_path / name for name in names]
     for path in paths:
         assert path.exists() and path.stat().st_size > 0
     assert paths[-1].read_bytes()[:3] == b"GIF"
@@ -58,3 +66,32 @@ def test_gallery_needs_one_sequence_per_shape(tmp_path):
         viz.plot_shape_gallery(
             chains(2, 5, 2), torch.ones(2, 5, dtype=torch.bool), ["abc"], tmp_path / "g.png"
         )
+
+
+def test_figures_without_a_path_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frames = [chains(1, 6, 3)[0] * scale for scale in (0.5, 1.0)]
+    figure = viz.folding_gif(frames, losses=[2.0, 1.0], iterations=[0, 5])
+    assert isinstance(figure, Figure)
+    assert "iteration 5" in figure.axes[0].get_title() and "loss 1" in figure.axes[0].get_title()
+    gallery = viz.plot_shape_gallery(
+        chains(1, 6, 2), torch.ones(1, 6, dtype=torch.bool), ["a" * 40]
+    )
+    assert "…" not in gallery.axes[0].get_title() and gallery.axes[0].get_title().count("a") == 40
+    assert gallery.legends, "no legend of the letters' colours"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_viz_leaves_the_backend_alone():
+    code = (
+        "import matplotlib; "
+        "import minifold.viz, minifold.report; print(matplotlib.rcParams._get_backend_or_none())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, MPLBACKEND="svg"),
+    )
+    assert result.stdout.strip() == "svg"

@@ -331,3 +331,23 @@ class DistanceModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
+
+    # ------------------------------------------------------------- notebooks
+    @torch.no_grad()
+    def predict_sequences(self, sequences: list[str]) -> dict[str, Tensor]:
+        """Predicted distances of sequences given as letters (the notebook entry point).
+
+        Args:
+            sequences: B strings over the model's alphabet, each at most max_len long
+        Returns:
+            `predict` of the padded batch: distances [B, N, N], mask [B, N], lengths [B],
+            and for a distogram head std [B, N, N], probabilities [B, N, N, K],
+            bin_centers [K], bin_edges [K + 1]
+        """
+        from minifold.data.alphabet import Alphabet
+
+        if isinstance(sequences, str):
+            sequences = [sequences]
+        alphabet = Alphabet(self.hparams.alphabet, max_len=int(self.hparams.max_len))
+        tokens, mask = alphabet.encode_batch(list(sequences))
+        return self.predict(tokens, mask)
