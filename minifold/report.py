@@ -593,8 +593,18 @@ def _fmt_parameter(value: str) -> str:
     return f"{number:.4g}" if number is not None and "." in value else value
 
 
-def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One row per job: status, name, each swept parameter, the objective, metrics, time."""
+def _fmt_exact(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return _fmt(value)
+
+
+def summary_table(rows: list[dict], exact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """One row per job: status, name, each swept parameter, the objective, metrics, time.
+
+    `exact` writes metrics with every digit (for summary.csv); else 4 significant digits.
+    """
+    fmt = _fmt_exact if exact else _fmt
     parameters = sweep_parameters(rows)
     objective_key = next((r.get("objective_key") for r in rows if r.get("objective_key")), None)
     metrics = [objective_key] if objective_key and objective_key not in SUMMARY_METRICS else []
@@ -607,7 +617,7 @@ def summary_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells = [_fmt(row.get("job")), _fmt(row.get("status")), "★" if row is best else ""]
         cells += [_fmt(row.get("name") or row.get("model"))]
         cells += [_fmt_parameter(pairs.get(k, "")) for k in parameters]
-        cells += [_fmt(row.get(k)) for k in metrics]
+        cells += [fmt(row.get(k)) for k in metrics]
         seconds = row.get("seconds", row.get("fit_seconds"))
         cells += [f"{seconds:.0f}" if isinstance(seconds, int | float) else ""]
         error = str(row.get("error") or "").replace("\n", " ")[:200]
@@ -727,7 +737,7 @@ def plot_trials(rows: list[dict], path: Path | None = None) -> Figure | None:
 def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     """summary.md, summary.csv, summary.png (trials.png for Optuna) and report.html of a sweep."""
     rows = collect_results(sweep_dir)
-    columns, body = summary_table(rows)
+    columns, body = summary_table(rows, exact=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)

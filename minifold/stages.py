@@ -353,7 +353,7 @@ def stage_train(context: RunContext) -> None:
 
 # ------------------------------------------------------------------------------ fold
 def pad_to(tensor: torch.Tensor, length: int, dims: tuple[int, ...]) -> torch.Tensor:
-    """Zero-pad the given dims of `tensor` up to `length`."""
+    """Zero-pad (or cut) the given dims of `tensor` to `length`."""
     pad: list[int] = []
     for dim in reversed(range(tensor.dim())):
         pad += [0, length - tensor.shape[dim] if dim in dims else 0]
@@ -362,7 +362,11 @@ def pad_to(tensor: torch.Tensor, length: int, dims: tuple[int, ...]) -> torch.Te
 
 @torch.no_grad()
 def predict_batches(model, batches) -> dict[str, torch.Tensor]:
-    """Run the model over batches; concatenate its outputs padded to the longest sequence."""
+    """Run the model over batches; concatenate its outputs, N = the longest sequence.
+
+    Batches may come padded wider than their sequences (the loaders pad to the
+    split's full width); the merged outputs are cut (or padded) to the longest.
+    """
     model.eval()
     outputs = []
     for batch in batches:
@@ -371,7 +375,7 @@ def predict_batches(model, batches) -> dict[str, torch.Tensor]:
         out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
         out.update(positions=batch["positions"], mask=batch["mask"], tokens=batch["tokens"])
         outputs.append(out)
-    longest = max(int(o["mask"].shape[1]) for o in outputs)
+    longest = max(int(o["mask"].sum(-1).max()) for o in outputs)
     merged: dict[str, torch.Tensor] = {}
     for key in outputs[0]:
         if key in SHARED_KEYS:

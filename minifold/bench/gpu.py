@@ -36,7 +36,12 @@ CPU_CASES = [
     ("birnn cpu, 60 steps", ["trainer=cpu", "trainer.max_steps=60", "~callbacks.early_stopping"]),
     (
         "transformer_reference cpu, 20 steps",
-        ["trainer=cpu", "model=transformer_reference", "trainer.max_steps=20", "~callbacks.early_stopping"],
+        [
+            "trainer=cpu",
+            "model=transformer_reference",
+            "trainer.max_steps=20",
+            "~callbacks.early_stopping",
+        ],
     ),
 ]
 
