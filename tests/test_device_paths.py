@@ -115,8 +115,12 @@ def _module(**overrides):
     return cfg, instantiate(cfg.model)
 
 
-def test_learning_rate_scales_with_the_square_root_of_the_batch():
+def test_learning_rate_scales_with_the_batch():
     cfg, module = _module(**{"data.batch_size": 256, "model.scheduler": "null"})
+    assert module.configure_optimizers().param_groups[0]["lr"] == 4 * cfg.model.optimizer.lr
+    cfg, module = _module(
+        **{"data.batch_size": 256, "model.scheduler": "null", "model.lr_scaling": "sqrt"}
+    )
     assert module.configure_optimizers().param_groups[0]["lr"] == 2 * cfg.model.optimizer.lr
     cfg, module = _module(**{"data.batch_size": 64, "model.scheduler": "null"})
     assert module.configure_optimizers().param_groups[0]["lr"] == cfg.model.optimizer.lr
@@ -124,7 +128,7 @@ def test_learning_rate_scales_with_the_square_root_of_the_batch():
         **{
             "data.batch_size": 256,
             "model.scheduler": "null",
-            "model.lr_reference_batch_size": "null",
+            "model.lr_scaling": "null",
         }
     )
     assert module.configure_optimizers().param_groups[0]["lr"] == cfg.model.optimizer.lr

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Scheduler arguments that mean "length of training in optimizer steps"; filled in
 # from the trainer when the config leaves them out.
 TOTAL_STEP_ARGUMENTS = ("total_steps", "T_max", "total_iters")
+LR_SCALINGS = ("linear", "sqrt", None)
 
 
 def _plain(config: Any) -> Any:
@@ -91,10 +92,11 @@ class DistanceModule(L.LightningModule):
             out, is set to the trainer's estimated number of optimizer steps.
         scheduler_interval: "step" or "epoch", how often the scheduler steps.
         alphabet, dim, max_len: what the model was trained on (kept for inference).
-        batch_size, lr_reference_batch_size: the optimizer's `lr` is the rate for
-            `lr_reference_batch_size` sequences per batch; at another batch size it is
-            scaled by sqrt(batch_size / lr_reference_batch_size) (Adam's usual rule), so
-            a GPU preset can raise the batch without retuning. None: no scaling.
+        batch_size, lr_reference_batch_size, lr_scaling: the optimizer's `lr` is the
+            rate for `lr_reference_batch_size` sequences per batch; at another batch size
+            it is multiplied by batch_size / reference ("linear") or its square root
+            ("sqrt"), so a GPU preset can raise the batch without retuning. None for
+            either: no scaling.
     """
 
     def __init__(
@@ -109,10 +111,13 @@ class DistanceModule(L.LightningModule):
         max_len: int = 39,
         batch_size: int = 64,
         lr_reference_batch_size: int | None = 64,
+        lr_scaling: str | None = "linear",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval is {scheduler_interval!r}; use 'step' or 'epoch'")
+        if lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"model.lr_scaling is {lr_scaling!r}; use one of {LR_SCALINGS}")
         net, head, optimizer, scheduler = (_plain(c) for c in (net, head, optimizer, scheduler))
         self.save_hyperparameters(
             {
@@ -126,6 +131,7 @@ class DistanceModule(L.LightningModule):
                 "max_len": int(max_len),
                 "batch_size": int(batch_size),
                 "lr_reference_batch_size": lr_reference_batch_size,
+                "lr_scaling": lr_scaling,
             }
         )
         self.net = _build(net, "model.net")
@@ -300,8 +306,10 @@ class DistanceModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self._factory(self.optimizer_factory)(self.parameters())
         reference = self.hparams.get("lr_reference_batch_size")
-        if reference:
-            scale = math.sqrt(self.hparams.batch_size / reference)
+        scaling = self.hparams.get("lr_scaling")
+        if reference and scaling:
+            scale = self.hparams.batch_size / reference
+            scale = math.sqrt(scale) if scaling == "sqrt" else scale
             for group in optimizer.param_groups:
                 group["lr"] *= scale
         if self.scheduler_factory is None:
