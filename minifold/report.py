@@ -756,7 +756,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
             f"Best (★, {key}, {direction(key) or 'higher'} is better): job {best['job']} "
             f"`{best.get('name')}` with {float(best[key]):.4f}.",
         ]
-    lines += ["", *_markdown_table(columns, body)]
+    lines += ["", *_markdown_table(*summary_table(rows))]
     if plot_sweep(rows, sweep_dir / "summary.png") is not None:
         lines += ["", "![summary](summary.png)"]
     if any((r.get("choices") or {}).get("hydra/sweeper") == "optuna" for r in rows):

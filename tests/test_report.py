@@ -105,7 +105,8 @@ def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
     markdown = (sweep / "summary.md").read_text()
     assert "3 jobs, 1 failed." in markdown
     assert "## Job 2 failed" in markdown and "batch_size is 0" in markdown
-    assert "0.6123" in markdown and (sweep / "summary.png").stat().st_size > 0
+    assert "| 0.6123 |" in markdown and "0.61234" not in markdown  # rounded for people
+    assert (sweep / "summary.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
