@@ -124,7 +124,7 @@ def test_resume_refuses_a_mismatched_checkpoint(tmp_path):
         )
 
 
-@pytest.mark.slow
+# Not slow-marked: CI keeps one two-process DDP run (the loaders shard by rank there).
 def test_ddp_cpu_fits(tmp_path):
     cfg = config(
         tmp_path,
