@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ from minifold.geometry import center, connected_to_first, pair_mask, radius_of_g
 log = logging.getLogger(__name__)
 
 INITS = ("mds", "random")
-POTENTIALS = ("mse", "distogram")
+POTENTIALS = ("mse", "relative", "distogram")
 COMPLETIONS = ("shortest_path", "mean")
 LINE_SEARCHES = ("strong_wolfe", "armijo")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -82,6 +83,10 @@ WOLFE = 0.9
 EXACT_PATHS_UP_TO = 64
 PATH_NEIGHBOURS = 16
 MIN_PATH_ROUNDS = 2
+# Extra starts: every this many is the MDS start perturbed, the others random.
+RESTART_EVERY_PERTURBED = 4
+# Relative-error potential: targets below this (in units of the RMS target) weigh as it.
+RELATIVE_FLOOR = 1e-3
 # Classical MDS: a full eigh up to this many points, subspace iteration above.
 EIGH_UP_TO = 256
 SUBSPACE_MAX_ITERATIONS = 60
@@ -100,11 +105,16 @@ class FoldResult:
             error in squared input units, or mean negative log-likelihood)
         trajectory: positions [B, N, dim] every `trajectory_every` iterations,
             or None when not asked for
+        fit_error: [B] how well the folded distances fit the known ones:
+            sqrt(sum w (d - target)^2 / sum w target^2) over known pairs (w the
+            pair weights given; targets the expected distances with a distogram).
+            Dimensionless; ~1e-7 or below on exact inputs at the global minimum.
     """
 
     positions: Tensor
     loss: Tensor
     trajectory: list[Tensor] | None = None
+    fit_error: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- starts
@@ -229,7 +239,8 @@ def classical_mds(
     gram = -0.5 * (
         squared - row_mean[..., :, None] - row_mean[..., None, :] + total_mean[..., None, None]
     )
-    rank = min(dim, distances.shape[-1])
+    # N points span at most N - 1 dimensions: the coordinates beyond stay exactly zero.
+    rank = min(dim, max(distances.shape[-1] - 1, 1))
     top_values, top_vectors = top_eigenpairs(
         gram * pairs, rank, EIGH_UP_TO if exact_up_to is None else exact_up_to
     )
@@ -249,21 +260,21 @@ def top_eigenpairs(
 ) -> tuple[Tensor, Tensor]:
     """The `count` algebraically largest eigenpairs of symmetric matrices.
 
-    Up to `exact_up_to` rows a full batched `eigh` (B N^3). Above it, subspace
-    iteration on a block of count + oversampling vectors from a fixed random
-    start, Rayleigh-Ritz every SUBSPACE_CHECK_EVERY iterations until the wanted Ritz
-values change by at most `tolerance` (relative) or `max_iterations` pass
-(B N^2 (count + oversampling) per iteration): the
-    MDS start only needs the top few directions, and a full eigh of a 2000 x 2000
-    Gram matrix took 1 s on 1 thread. The block captures the largest-magnitude
-    directions; the Ritz values are then sorted algebraically, so a few large
-    negative eigenvalues (non-Euclidean input) do not displace the wanted ones.
+        Up to `exact_up_to` rows a full batched `eigh` (B N^3). Above it, subspace
+        iteration on a block of count + oversampling vectors from a fixed random
+        start, Rayleigh-Ritz every SUBSPACE_CHECK_EVERY iterations until the wanted Ritz
+    values change by at most `tolerance` (relative) or `max_iterations` pass
+    (B N^2 (count + oversampling) per iteration): the
+        MDS start only needs the top few directions, and a full eigh of a 2000 x 2000
+        Gram matrix took 1 s on 1 thread. The block captures the largest-magnitude
+        directions; the Ritz values are then sorted algebraically, so a few large
+        negative eigenvalues (non-Euclidean input) do not displace the wanted ones.
 
-    Args:
-        matrix: [B, N, N] symmetric, finite
-        count: how many pairs, <= N
-    Returns:
-        values [B, count] (descending) and vectors [B, N, count] (orthonormal columns)
+        Args:
+            matrix: [B, N, N] symmetric, finite
+            count: how many pairs, <= N
+        Returns:
+            values [B, count] (descending) and vectors [B, N, count] (orthonormal columns)
     """
     num = matrix.shape[-1]
     if num <= exact_up_to:
@@ -325,6 +336,68 @@ def random_start(mask: Tensor, dim: int, generator: torch.Generator) -> Tensor:
 
 
 # --------------------------------------------------------------------------- potentials
+
+
+def problem_scale(targets: Tensor, weights: Tensor) -> Tensor:
+    """Weighted RMS target distance of each problem (1 where all are zero).
+
+    Divides by the largest distance before squaring, so that it neither
+    overflows (1e160) nor underflows (1e-200).
+
+    Args:
+        targets: [B, N, N] finite distances >= 0
+        weights: [B, N, N] pair weights >= 0
+    Returns:
+        [B] scale > 0
+    """
+    largest = (targets * (weights > 0)).amax((-1, -2))
+    largest = torch.where(largest > 0, largest, torch.ones_like(largest))
+    relative = targets / largest[:, None, None]
+    mean_square = (weights * relative * relative).sum((-1, -2)) / weights.sum((-1, -2)).clamp_min(
+        torch.finfo(weights.dtype).tiny
+    )
+    return torch.where(mean_square > 0, largest * mean_square.sqrt(), largest)
+
+
+def relative_weights(targets: Tensor, weights: Tensor, power: float = 1.0) -> Tensor:
+    """Pair weights of the relative-error potential: w / max(target, floor)^power, mean 1.
+
+    With power 2 the squared error over the squared target is the squared
+    relative error: multiplicative noise weighs alike at every distance. With
+    power 1 it is Sammon's stress, halfway between that and plain squared error
+    (where the long distances, whose absolute errors are largest, dominate the
+    fit and blur local structure). Targets below RELATIVE_FLOOR (in units of the
+    RMS target) count as that floor, so coincident points do not get infinite
+    weight. The weights are normalised to mean 1 over known pairs (tolerances
+    stay comparable). Any positive weights keep exact inputs exact.
+
+    Args:
+        targets: [B, N, N] distances in working units (RMS 1)
+        weights: [B, N, N] pair weights, 0 = unknown
+        power: exponent of the target in the weights
+    Returns:
+        [B, N, N] weights
+    """
+    relative = weights / targets.clamp_min(RELATIVE_FLOOR) ** power
+    known = weights > 0
+    mean = relative.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
+    return relative / mean.clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None]
+
+
+def relative_fit_error(positions: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """sqrt(sum w (|x_i - x_j| - target)^2 / sum w target^2) over pairs, per problem.
+
+    Args:
+        positions: [B, N, dim]
+        targets: [B, N, N] distances
+        weights: [B, N, N] pair weights, 0 = unknown
+    Returns:
+        [B] dimensionless error (0 where no pair is known)
+    """
+    distances = _squared_distances(positions).clamp_min(0).sqrt()
+    error = ((distances - targets) ** 2 * weights).sum((-1, -2))
+    size = (targets**2 * weights).sum((-1, -2))
+    return torch.where(size > 0, error / size.clamp_min(torch.finfo(size.dtype).tiny), 0.0).sqrt()
 
 
 def _squared_distances(positions: Tensor) -> Tensor:
@@ -516,10 +589,18 @@ class Folder:
             c1 = 1e-4, c2 = 0.9; bracketing by doubling, then bisection) or
             "armijo" (sufficient decrease only, halving the step).
         restarts: number of starts per problem; the first is `init`, the others
-            perturb it (or draw new random starts); the lowest final loss wins.
-        restart_noise: perturbation of the extra starts, in radii of gyration.
-        potential: "mse" (weighted squared distance error) or "distogram"
-            (negative log-likelihood under predicted distograms).
+            alternate between random starts and perturbed MDS starts (all random
+            with init "random"); the lowest final loss wins.
+        restart_noise: perturbation of the perturbed starts, in radii of gyration.
+        fit_warning: log a warning when a problem's `fit_error` (relative RMS
+            error on known pairs) exceeds this; 0 never warns.
+        potential: "relative" (squared distance error, each pair's weight
+            divided by target^relative_power, see `relative_weights`), "mse"
+            (plain weighted squared distance error) or "distogram" (negative
+            log-likelihood under predicted distograms).
+        relative_power: the exponent of the relative potential: 1 is Sammon's
+            stress (the default: most accurate under multiplicative noise, see
+            minifold.bench.folding), 2 squared relative error, 0 the same as mse.
         likelihood_iterations: cap on L-BFGS steps on the distogram likelihood.
         confidence_eps: added to each pair's distogram variance before
             weighting the pair by its inverse.
@@ -545,13 +626,15 @@ class Folder:
         line_search: str = "strong_wolfe",
         restarts: int = 1,
         restart_noise: float = 0.3,
-        potential: str = "mse",
+        potential: str = "relative",
+        relative_power: float = 1.0,
         likelihood_iterations: int = 50,
         confidence_eps: float = 1e-3,
         trajectory_every: int = 5,
         return_trajectory: bool = False,
         seed: int = 0,
         dtype: str = "float64",
+        fit_warning: float = 0.1,
     ) -> None:
         if int(dim) < 1:
             raise ValueError(f"folder.dim is {dim}; it must be >= 1")
@@ -581,6 +664,8 @@ class Folder:
             ("gradient_tolerance", gradient_tolerance),
             ("restart_noise", restart_noise),
             ("confidence_eps", confidence_eps),
+            ("fit_warning", fit_warning),
+            ("relative_power", relative_power),
         ):
             if not float(value) >= 0:
                 raise ValueError(f"folder.{name} is {value}; it must be >= 0")
@@ -604,6 +689,8 @@ class Folder:
         self.return_trajectory = bool(return_trajectory)
         self.seed = int(seed)
         self.dtype = DTYPES[dtype]
+        self.fit_warning = float(fit_warning)
+        self.relative_power = float(relative_power)
 
     # ------------------------------------------------------------------ entry point
 
@@ -646,9 +733,14 @@ class Folder:
         if weights is not None:
             self._check_shape("weights", weights, (batch, num, num))
             weights = weights.to(device=device, dtype=self.dtype)
-            if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
-                raise ValueError("weights contain negative or non-finite values; need >= 0")
-            base_weights = base_weights * 0.5 * (weights + weights.transpose(-1, -2))
+            bad = (weights < 0) | ~torch.isfinite(weights)
+            if bool(bad.any()):
+                where = tuple(bad.nonzero()[0].tolist())
+                raise ValueError(
+                    f"weights{list(where)} is {float(weights[where]):g}; weights must be "
+                    "finite and >= 0 (0 = unknown pair)"
+                )
+            base_weights = base_weights * (0.5 * weights + 0.5 * weights.transpose(-1, -2))
 
         likelihood = None
         fit_weights = base_weights
@@ -663,26 +755,31 @@ class Folder:
                 targets = distances.to(device=device, dtype=self.dtype)
         else:
             if distances is None:
-                raise ValueError("potential 'mse' needs distances")
+                raise ValueError(f"potential {self.potential!r} needs distances; got None")
             self._check_shape("distances", distances, (batch, num, num))
             targets = distances.to(device=device, dtype=self.dtype)
         known = fit_weights > 0
-        if not bool(torch.isfinite(targets[known]).all()) or bool((targets[known] < 0).any()):
+        bad = known & (~torch.isfinite(targets) | (targets < 0))
+        if bool(bad.any()):
+            where = tuple(bad.nonzero()[0].tolist())
             raise ValueError(
-                "distances of known real pairs must be finite and >= 0; give unknown pairs weight 0"
+                f"distances{list(where)} is {float(targets[where]):g}; distances of known "
+                "real pairs must be finite and >= 0 (give unknown pairs weight 0)"
             )
         targets = torch.where(known, targets, 0.0)
-        targets = 0.5 * (targets + targets.transpose(-1, -2))
+        # Halves first: the sum of two distances near float64's max overflows.
+        targets = 0.5 * targets + 0.5 * targets.transpose(-1, -2)
 
         # Work in units where the weighted RMS target distance is 1, so that the
-        # tolerances mean the same for every problem.
-        scale = (fit_weights * targets**2).sum((-1, -2)) / fit_weights.sum((-1, -2)).clamp_min(
-            torch.finfo(self.dtype).tiny
-        )
-        scale = torch.where(scale > 0, scale.sqrt(), torch.ones_like(scale))
+        # tolerances mean the same for every problem and squares neither overflow
+        # nor underflow (distances from 1e-200 to 1e300 fold alike).
+        scale = problem_scale(targets, fit_weights)
         targets = targets / scale[:, None, None]
+        report_weights = fit_weights
+        if self.potential == "relative":
+            fit_weights = relative_weights(targets, fit_weights, self.relative_power)
 
-        starts = self._starts(targets, known, mask, scale)  # [R * B, N, dim]
+        starts = self._starts(targets, known, mask)  # [R * B, N, dim]
         repeat = self.restarts
         stress = _Stress(
             targets.repeat(repeat, 1, 1),
@@ -718,16 +815,41 @@ class Folder:
         best = loss.reshape(repeat, batch).argmin(0)
         pick = best * batch + torch.arange(batch, device=device)
         unit = scale[:, None, None]
+        loss = loss[pick]
         if self.potential == "mse":
-            loss = loss * scale.repeat(repeat) ** 2
-        result_positions = center(positions[pick] * unit, mask)
+            loss = loss * scale**2  # squared input units (inf beyond ~1e154)
+        # Centred in working units, then scaled: sums of coordinates near float64's
+        # max would overflow.
+        chosen = center(positions[pick], mask)
+        fit_error = relative_fit_error(chosen, targets, report_weights)
+        self._warn_poor_fit(fit_error)
         if trajectory is not None:
-            trajectory = [center(frame[pick] * unit, mask).to(out_dtype) for frame in trajectory]
+            trajectory = [(center(frame[pick], mask) * unit).to(out_dtype) for frame in trajectory]
         return FoldResult(
-            positions=result_positions.to(out_dtype),
-            loss=loss[pick].to(out_dtype),
+            positions=(chosen * unit).to(out_dtype),
+            loss=loss.to(out_dtype),
             trajectory=trajectory,
+            fit_error=fit_error.to(out_dtype),
         )
+
+    def _warn_poor_fit(self, fit_error: Tensor) -> None:
+        """Log a warning naming the problems whose known pairs fit worse than `fit_warning`."""
+        if self.fit_warning <= 0 or fit_error.numel() == 0:
+            return
+        poor = fit_error > self.fit_warning
+        count = int(poor.sum())
+        if count:
+            worst = int(fit_error.argmax())
+            log.warning(
+                "%d of %d problems fit their known distances worse than folder.fit_warning=%g "
+                "(relative RMS error; worst %.3g, problem %d). Expected for noisy distances; "
+                "for exact ones it is a local minimum: raise folder.restarts",
+                count,
+                len(fit_error),
+                self.fit_warning,
+                float(fit_error[worst]),
+                worst,
+            )
 
     # ------------------------------------------------------------------ pieces
 
@@ -767,25 +889,32 @@ class Folder:
         log_probabilities = probabilities.clamp_min(1e-12).log()
         return expected, fit_weights, log_probabilities, centres
 
-    def _starts(self, targets: Tensor, known: Tensor, mask: Tensor, scale: Tensor) -> Tensor:
-        """[restarts * B, N, dim] starting positions (scaled units); the first B are `init`."""
+    def _starts(self, targets: Tensor, known: Tensor, mask: Tensor) -> Tensor:
+        """[restarts * B, N, dim] starting positions (working units); the first B are `init`.
+
+        Extra starts explore: with init "mds" every RESTART_EVERY_PERTURBED-th is
+        the MDS start perturbed by `restart_noise` radii of gyration and the others
+        are fresh random starts (perturbed starts alone mostly fell back into the
+        same basin); with init "random" all are random.
+        """
         generator = torch.Generator().manual_seed(self.seed)
+        # Random starts live in working units (RMS target distance 1): the same
+        # start relative to the shape whatever the input's units.
         if self.init == "mds":
             full = complete_distances(targets, known, mask, self.completion)
             first = classical_mds(full, mask, self.dim)
         else:
-            first = random_start(mask, self.dim, generator).to(self.dtype) / scale[:, None, None]
-        starts = [first]
-        for _ in range(self.restarts - 1):
-            if self.init == "random":
-                extra = random_start(mask, self.dim, generator).to(self.dtype)
-                starts.append(extra / scale[:, None, None])
+            first = random_start(mask, self.dim, generator).to(self.dtype)
+        starts = [first.to(targets.device)]
+        for restart in range(1, self.restarts):
+            if self.init == "random" or restart % RESTART_EVERY_PERTURBED != 0:
+                starts.append(random_start(mask, self.dim, generator).to(self.dtype))
             else:
                 size = radius_of_gyration(first, mask).clamp_min(1e-6)[:, None, None]
                 noise = torch.randn(first.shape, generator=generator, dtype=self.dtype)
                 noise = noise.to(first.device) * self.restart_noise * size
                 starts.append((first + noise) * mask[..., None])
-        return torch.cat(starts).to(targets.device)
+        return torch.cat([start.to(targets.device) for start in starts])
 
     def _record(self, trajectory, iteration, positions, index, working):
         """Append the full batch's positions to the trajectory every `trajectory_every` steps."""
@@ -965,8 +1094,8 @@ class Folder:
 def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
     """Raise ValueError naming the first thing that makes `distances` unfoldable."""
     num = distances.shape[0]
-    if not 1 <= dim <= num:
-        raise ValueError(f"dim is {dim}; it must be between 1 and the number of points ({num})")
+    if dim < 1:
+        raise ValueError(f"dim is {dim}; it must be >= 1")
     values = distances[known]
     if bool(torch.isnan(values).any()):
         raise ValueError("distances contain NaN in known entries; mark unknown pairs with mask")
@@ -976,7 +1105,7 @@ def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
         raise ValueError(
             f"distances contain negative values (min {values.min().item():g}); need >= 0"
         )
-    scale = max(float(values.abs().max()) if values.numel() else 0.0, 1.0)
+    scale = float(values.abs().max()) if values.numel() else 0.0
     tolerance = SYMMETRY_TOLERANCE * scale
     diagonal = torch.diagonal(distances)[torch.diagonal(known)]
     if bool((diagonal.abs() > tolerance).any()):
@@ -989,7 +1118,7 @@ def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
     if asymmetry.numel() and float(asymmetry.max()) > tolerance:
         raise ValueError(
             f"distances are not symmetric (largest |d_ij - d_ji| = {float(asymmetry.max()):g}, "
-            f"tolerance {tolerance:g})"
+            f"tolerance {tolerance:g} = {SYMMETRY_TOLERANCE:g} x the largest distance)"
         )
     mask = torch.ones(1, num, dtype=torch.bool, device=distances.device)
     reached = connected_to_first(known[None], mask)[0]
@@ -1007,7 +1136,8 @@ def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **opt
     Args:
         distances: [N, N] NumPy array or torch tensor; entries where `mask` is
             False are ignored (they may be NaN)
-        dim: dimension of the coordinates, 1 <= dim <= N
+        dim: dimension of the coordinates, >= 1 (beyond N - 1 the extra
+            coordinates are zero)
         mask: [N, N] bool, True where the distance is known (symmetric); all if None
         folder: a configured Folder (its dim must equal `dim`); a new
             `Folder(dim=dim, **options)` if None
@@ -1016,19 +1146,28 @@ def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **opt
         [N, dim] positions centred at the origin, of the input's type (NumPy in,
         NumPy float64 out; torch in, torch out on the same device). N = 1 gives
         the origin and N = 2 two points on the first axis: no optimisation needed.
+        Any scale of distances folds alike (they are divided by their RMS first).
     Raises:
         ValueError naming the problem: not a square 2-D matrix, NaN/inf/negative
         known entries, asymmetry or nonzero diagonal beyond SYMMETRY_TOLERANCE
         (relative), a mask of the wrong shape or asymmetric, known pairs that
-        leave points disconnected, or dim outside [1, N].
+        leave points disconnected, dim < 1, or a bool (or other non-number) matrix.
     """
     as_numpy = not isinstance(distances, Tensor)
     if as_numpy:
         array = np.asarray(distances)
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"distances have dtype {array.dtype}; need numbers")
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(
+            array.dtype, np.complexfloating
+        ):
+            raise ValueError(
+                f"distances have dtype {array.dtype}; need real numbers (integers or floats)"
+            )
         matrix = torch.from_numpy(array.astype(np.float64, copy=True))
     else:
+        if distances.dtype == torch.bool or distances.dtype.is_complex:
+            raise ValueError(
+                f"distances have dtype {distances.dtype}; need real numbers (integers or floats)"
+            )
         matrix = distances.detach().clone()
         if not matrix.dtype.is_floating_point:
             matrix = matrix.to(torch.float64)
@@ -1077,21 +1216,54 @@ def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **opt
 # --------------------------------------------------------------------------- files
 
 
+FILE_FORMATS = {
+    ".npy": "a square numeric matrix saved with numpy.save",
+    ".npz": "a numpy.savez archive holding a square numeric matrix (key 'distances' or the first)",
+    ".csv": "a square matrix of comma-separated numbers (nan marks unknown pairs)",
+}
+
+
 def load_distances(path: str | os.PathLike) -> np.ndarray:
-    """A distance matrix from .npy, .npz (key 'distances' or the first array) or .csv."""
+    """A distance matrix from .npy, .npz (key 'distances' or the first array) or .csv.
+
+    Raises:
+        ValueError naming the path and what the format expects, for a suffix
+        outside FILE_FORMATS, a file that does not parse as one (text or empty
+        .npy, pickled objects, a broken archive, non-numbers in a .csv), an
+        empty array, or one that is not real numbers (a bool matrix would fold
+        as 0/1).
+        A missing file raises FileNotFoundError.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if not archive.files:
-                raise ValueError(f"{path} holds no arrays")
-            key = "distances" if "distances" in archive.files else archive.files[0]
-            return archive[key]
-    if suffix == ".csv":
-        return np.loadtxt(path, delimiter=",", ndmin=2)
-    raise ValueError(f"{path} has suffix {suffix!r}; allowed: .npy, .npz, .csv")
+    if suffix not in FILE_FORMATS:
+        raise ValueError(f"{path} has suffix {suffix!r}; allowed: {', '.join(FILE_FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; expected {FILE_FORMATS[suffix]}")
+    expected = f"expected {FILE_FORMATS[suffix]}"
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if not archive.files:
+                    raise ValueError(f"{path} holds no arrays; {expected}")
+                key = "distances" if "distances" in archive.files else archive.files[0]
+                array = archive[key]
+        else:
+            array = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
+        if isinstance(error, ValueError) and str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path} could not be read ({error}); {expected}") from error
+    if not isinstance(array, np.ndarray) or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        dtype = getattr(array, "dtype", type(array).__name__)
+        raise ValueError(f"{path} holds an array of dtype {dtype}; {expected}")
+    if array.size == 0:
+        raise ValueError(f"{path} holds an empty array of shape {array.shape}; {expected}")
+    return array
 
 
 def fold_file(

@@ -50,6 +50,50 @@ def _chains(batch: int, num: int, dim: int, seed: int) -> torch.Tensor:
     return torch.cumsum(steps, 1)
 
 
+FAMILIES = ("generator", "walk", "helix", "compact")
+
+
+def family_chains(family: str, batch: int, num: int, dim: int, seed: int) -> torch.Tensor:
+    """[batch, num, dim] chains of one family, for the noise comparison.
+
+    generator: the project's ShapeGenerator (frozen RNNs) at length `num`;
+    walk: random walks with tanh(normal) steps; helix: 3-D helices (2-D:
+    spirals) of random radius, pitch and turn; compact: a zig-zag raster
+    filling a square (cube) with jitter, many close non-neighbour contacts.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if family == "generator":
+        shapes = ShapeGenerator(dim=dim, min_len=num, max_len=num, seed=seed % 7)
+        return shapes(shapes.sample_tokens(batch, generator)).double()
+    if family == "walk":
+        return _chains(batch, num, dim, seed)
+    index = torch.arange(num, dtype=torch.float64)
+    if family == "helix":
+        radius = 1 + torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+        turn = 0.3 + 0.5 * torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+        angle = turn * index
+        if dim == 2:  # a spiral: the radius grows by one step per turn
+            radius = radius + angle / (2 * torch.pi)
+            return torch.stack([radius * angle.cos(), radius * angle.sin()], -1)
+        pitch = 0.1 + 0.3 * torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+        columns = [radius * angle.cos(), radius * angle.sin(), pitch * index]
+        return torch.stack(columns + [torch.zeros_like(angle)] * (dim - 3), -1)
+    if family == "compact":
+        side = max(2, round(num ** (1 / dim)))
+        cells = []
+        for cell in range(num):  # boustrophedon order: consecutive cells touch
+            coordinates, rest, flip = [], cell, False
+            for axis in range(dim):
+                value, rest = rest % side, rest // side
+                coordinates.append(side - 1 - value if flip else value)
+                flip = (rest % 2 == 1) if axis == 0 else flip
+            cells.append(coordinates)
+        grid = torch.tensor(cells, dtype=torch.float64)
+        jitter = 0.15 * torch.randn(batch, num, dim, generator=generator, dtype=torch.float64)
+        return grid[None] + jitter
+    raise ValueError(f"family is {family!r}; allowed: {', '.join(FAMILIES)}")
+
+
 def _corrupt(distances: torch.Tensor, noise: float, missing: float, seed: int):
     """Distances times (1 + noise * N(0, 1)), symmetrised, with a fraction of pairs unknown.
 
