@@ -61,7 +61,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from minifold.atomic import atomic_path
 from minifold.geometry import center, connected_to_first, pair_mask, radius_of_gyration
 
 log = logging.getLogger(__name__)
@@ -83,6 +82,9 @@ WOLFE = 0.9
 EXACT_PATHS_UP_TO = 64
 PATH_NEIGHBOURS = 16
 MIN_PATH_ROUNDS = 2
+# Optimisers test for convergence (a host sync) every this many rounds on GPUs
+# (check_every=None); on the CPU every round.
+CHECK_EVERY_ACCELERATOR = 10
 # Extra starts: every this many is the MDS start perturbed, the others random.
 RESTART_EVERY_PERTURBED = 4
 # Relative-error potential: targets below this (in units of the RMS target) weigh as it.
@@ -594,6 +596,13 @@ class Folder:
         restart_noise: perturbation of the perturbed starts, in radii of gyration.
         fit_warning: log a warning when a problem's `fit_error` (relative RMS
             error on known pairs) exceeds this; 0 never warns.
+        check_every: the optimisers test whether any problem is still running
+            (a host-device synchronisation) and drop finished problems only
+            every this many rounds; finished problems stay frozen in between.
+            Larger values keep a GPU busy on small problems at the cost of a
+            few wasted evaluations. None: every round on the CPU (a check costs
+            nothing there; every 10 was 7-13% slower), CHECK_EVERY_ACCELERATOR
+            rounds on other devices.
         potential: "relative" (squared distance error, each pair's weight
             divided by target^relative_power, see `relative_weights`), "mse"
             (plain weighted squared distance error) or "distogram" (negative
@@ -635,6 +644,7 @@ class Folder:
         seed: int = 0,
         dtype: str = "float64",
         fit_warning: float = 0.1,
+        check_every: int | None = None,
     ) -> None:
         if int(dim) < 1:
             raise ValueError(f"folder.dim is {dim}; it must be >= 1")
@@ -655,6 +665,7 @@ class Folder:
             ("max_line_search", max_line_search, 1),
             ("restarts", restarts, 1),
             ("trajectory_every", trajectory_every, 1),
+            ("check_every", 1 if check_every is None else check_every, 1),
         ):
             if int(value) < lowest:
                 raise ValueError(f"folder.{name} is {value}; it must be >= {lowest}")
@@ -691,6 +702,7 @@ class Folder:
         self.dtype = DTYPES[dtype]
         self.fit_warning = float(fit_warning)
         self.relative_power = float(relative_power)
+        self.check_every = None if check_every is None else int(check_every)
 
     # ------------------------------------------------------------------ entry point
 
@@ -916,6 +928,12 @@ class Folder:
                 starts.append((first + noise) * mask[..., None])
         return torch.cat([start.to(targets.device) for start in starts])
 
+    def _check_every(self, device: torch.device) -> int:
+        """Rounds between convergence checks (host syncs) on this device."""
+        if self.check_every is not None:
+            return self.check_every
+        return 1 if device.type == "cpu" else CHECK_EVERY_ACCELERATOR
+
     def _record(self, trajectory, iteration, positions, index, working):
         """Append the full batch's positions to the trajectory every `trajectory_every` steps."""
         if trajectory is not None and iteration % self.trajectory_every == 0:
@@ -942,9 +960,12 @@ class Folder:
             working = _where(active, following, working)
             previous = loss
             self._record(trajectory, iteration, positions, index, working)
-            if not bool(active.any()):
+            if iteration % self._check_every(positions.device):
+                continue
+            remaining = int(active.sum())  # the only host sync of the loop
+            if remaining == 0:
                 break
-            if int(active.sum()) <= len(index) // 2:
+            if remaining <= len(index) // 2:
                 positions[index] = working
                 keep = active.nonzero()[:, 0]
                 index, working, problem = index[keep], working[keep], problem.subset(keep)
@@ -960,7 +981,21 @@ class Folder:
         line_search: str | None = None,
         max_iter: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Batched L-BFGS with per-problem line search and convergence."""
+        """Batched L-BFGS with per-problem line search and convergence, few host syncs.
+
+        Each round evaluates one trial point for every problem in the working
+        set. A problem whose line search ended in the previous round takes its
+        step (history update, convergence test) and starts the next search with
+        a new two-loop direction in the same round; one still searching tries
+        its next step length. So no problem waits for another's line search, and
+        the loop needs no host-device synchronisation except every
+        `check_every` rounds, where it stops once every problem has converged
+        and drops finished problems from the working set when at most half are
+        left (they are frozen by masks in between).
+
+        Returns:
+            positions [P, N, dim] and loss [P]
+        """
         iterations = self.max_iter if max_iter is None else max_iter
         positions = positions.clone()
         loss_all, gradient = objective(positions)
@@ -969,97 +1004,146 @@ class Folder:
         loss_all = loss_all.clone()
         total = positions.shape[0]
         device, dtype = positions.device, positions.dtype
-        index = torch.arange(total, device=device)
-        x, loss, problem = positions.clone(), loss_all.clone(), objective
+        wolfe = (line_search or self.line_search) == "strong_wolfe"
         memory = self.history_size
-        steps = torch.zeros((total, memory) + positions.shape[1:], dtype=dtype, device=device)
-        changes = torch.zeros_like(steps)
-        rho = torch.zeros(total, memory, dtype=dtype, device=device)
-        filled = torch.zeros(total, memory, dtype=torch.bool, device=device)
         # Below a few rounding errors a tolerance can never be met (float32).
         epsilon = 10 * torch.finfo(dtype).eps
         tolerance = max(self.tolerance, epsilon)
         gradient_tolerance = max(self.gradient_tolerance, epsilon)
-        active = gradient.flatten(1).abs().amax(-1) > gradient_tolerance
-        iteration = len(trajectory) * self.trajectory_every if trajectory is not None else 0
-        for _ in range(iterations):
-            if not bool(active.any()):
-                break
-            iteration += 1
-            direction = -self._two_loop(gradient, steps, changes, rho, filled)
+        history_shape = (total, memory) + positions.shape[1:]
+        state = {
+            "x": positions.clone(),
+            "loss": loss_all.clone(),
+            "gradient": gradient,
+            "steps": torch.zeros(history_shape, dtype=dtype, device=device),
+            "changes": torch.zeros(history_shape, dtype=dtype, device=device),
+            "rho": torch.zeros(total, memory, dtype=dtype, device=device),
+            "filled": torch.zeros(total, memory, dtype=torch.bool, device=device),
+            "active": gradient.flatten(1).abs().amax(-1) > gradient_tolerance,
+            # the line search in progress: direction, slope along it at x, trial step,
+            # its bracket, trials so far, and the best sufficient-decrease point yet
+            "direction": torch.zeros_like(positions),
+            "slope": torch.zeros_like(loss_all),
+            "step": torch.zeros_like(loss_all),
+            "low": torch.zeros_like(loss_all),
+            "high": torch.zeros_like(loss_all),
+            "trials": torch.zeros(total, dtype=torch.long, device=device),
+            "best_x": positions.clone(),
+            "best_loss": loss_all.clone(),
+            "best_gradient": gradient,
+            "iterations": torch.zeros(total, dtype=torch.long, device=device),
+            "fresh": torch.ones(total, dtype=torch.bool, device=device),  # needs a new direction
+            "index": torch.arange(total, device=device),
+        }
+        problem = objective
+        frame = len(trajectory) * self.trajectory_every if trajectory is not None else 0
+        if not bool(state["active"].any()):  # exact inputs: the MDS start is the answer
+            return positions, loss_all
+        check_every = self._check_every(device)
+        for evaluation in range(1, iterations * self.max_line_search + 1):
+            x, loss, gradient = state["x"], state["loss"], state["gradient"]
+            fresh = state["fresh"]
+            # A new search for problems that finished one: two-loop direction, and
+            # steepest descent (forgetting the history) where it does not go downhill.
+            direction = -self._two_loop(
+                gradient, state["steps"], state["changes"], state["rho"], state["filled"]
+            )
             slope = _dot(gradient, direction)
             uphill = ~(slope < 0)
-            if bool(uphill.any()):
-                # Lost curvature information: forget it and go downhill.
-                direction = _where(uphill, -gradient, direction)
-                filled = filled & ~uphill[:, None]
-                slope = _dot(gradient, direction)
-            has_history = filled.any(-1)
-            step = torch.where(
-                has_history,
+            direction = _where(uphill, -gradient, direction)
+            state["filled"] = state["filled"] & ~(uphill & fresh)[:, None]
+            slope = torch.where(uphill, _dot(gradient, -gradient), slope)
+            first_step = torch.where(
+                state["filled"].any(-1),
                 torch.ones_like(loss),
                 (1.0 / gradient.flatten(1).norm(dim=-1).clamp_min(1e-30)).clamp_max(1.0),
             )
-            # Line search per problem. Strong Wolfe: grow the step while the slope stays
+            direction = _where(fresh, direction, state["direction"])
+            slope = torch.where(fresh, slope, state["slope"])
+            step = torch.where(fresh, first_step, state["step"])
+            low = torch.where(fresh, 0.0, state["low"])
+            high = torch.where(fresh, float("inf"), state["high"])
+            trials = torch.where(fresh, 0, state["trials"]) + 1
+            best_x = _where(fresh, x, state["best_x"])
+            best_loss = torch.where(fresh, loss, state["best_loss"])
+            best_gradient = _where(fresh, gradient, state["best_gradient"])
+
+            # One trial per problem. Strong Wolfe: grow the step while the slope stays
             # steep and negative, bisect the bracket once a step overshoots; the best
             # sufficient-decrease point found is kept if the curvature test is never met.
-            searching = active.clone()
-            new_x, new_loss, new_gradient = x, loss, gradient
-            low = torch.zeros_like(step)
-            high = torch.full_like(step, float("inf"))
-            for _ in range(self.max_line_search):
-                trial_x = x + step[:, None, None] * direction
-                trial_loss, trial_gradient = problem(trial_x)
-                trial_slope = _dot(trial_gradient, direction)
-                sufficient = trial_loss <= loss + ARMIJO * step * slope
-                better = searching & sufficient & (trial_loss <= new_loss)
-                new_x = _where(better, trial_x, new_x)
-                new_loss = torch.where(better, trial_loss, new_loss)
-                new_gradient = _where(better, trial_gradient, new_gradient)
-                if (line_search or self.line_search) == "strong_wolfe":
-                    sufficient_and_flat = sufficient & (trial_slope.abs() <= WOLFE * slope.abs())
-                else:  # armijo: plain backtracking (the bracket below then halves the step)
-                    sufficient_and_flat = sufficient
-                searching = searching & ~sufficient_and_flat
-                if not bool(searching.any()):
-                    break
-                overshoot = ~sufficient | (trial_slope > 0)
-                high = torch.where(searching & overshoot, step, high)
-                low = torch.where(searching & ~overshoot, step, low)
-                grown = torch.where(torch.isinf(high), 2 * step, 0.5 * (low + high))
-                step = torch.where(searching, grown, step)
-            moved = active & (new_loss < loss)
-            s = new_x - x
-            y = new_gradient - gradient
+            trial_x = x + step[:, None, None] * direction
+            trial_loss, trial_gradient = problem(trial_x)
+            trial_slope = _dot(trial_gradient, direction)
+            sufficient = trial_loss <= loss + ARMIJO * step * slope
+            better = sufficient & (trial_loss <= best_loss)
+            best_x = _where(better, trial_x, best_x)
+            best_loss = torch.where(better, trial_loss, best_loss)
+            best_gradient = _where(better, trial_gradient, best_gradient)
+            if wolfe:
+                found = sufficient & (trial_slope.abs() <= WOLFE * slope.abs())
+            else:  # armijo: plain backtracking (the bracket below then halves the step)
+                found = sufficient
+            finished = found | (trials >= self.max_line_search)
+            overshoot = ~sufficient | (trial_slope > 0)
+            high = torch.where(overshoot, step, high)
+            low = torch.where(overshoot, low, step)
+            step = torch.where(torch.isinf(high), 2 * step, 0.5 * (low + high))
+
+            # Problems whose search finished take their step.
+            active = state["active"]
+            finished = finished & active
+            moved = finished & (best_loss < loss)
+            s = best_x - x
+            y = best_gradient - gradient
             curvature = _dot(s, y)
             # Skip pairs with too little curvature: they would break positive definiteness.
             update = moved & (curvature > 1e-10 * _dot(y, y).sqrt() * _dot(s, s).sqrt())
-            steps = _where(update, torch.cat([steps[:, 1:], s[:, None]], 1), steps)
-            changes = _where(update, torch.cat([changes[:, 1:], y[:, None]], 1), changes)
-            rho = _where(
-                update,
-                torch.cat([rho[:, 1:], (1.0 / curvature.clamp_min(1e-300))[:, None]], 1),
-                rho,
-            )
-            filled = _where(
-                update, torch.cat([filled[:, 1:], torch.ones_like(filled[:, :1])], 1), filled
-            )
-            gain = loss - new_loss
-            converged = (
+            for name, newest in (
+                ("steps", s),
+                ("changes", y),
+                ("rho", 1.0 / curvature.clamp_min(1e-300)),
+                ("filled", torch.ones_like(update)),
+            ):
+                old = state[name]
+                state[name] = _where(update, torch.cat([old[:, 1:], newest[:, None]], 1), old)
+            gain = loss - best_loss
+            iterations_done = state["iterations"] + finished
+            converged = finished & (
                 ~moved
-                | (gain <= tolerance * new_loss.abs())
-                | (new_gradient.flatten(1).abs().amax(-1) <= gradient_tolerance)
+                | (gain <= tolerance * best_loss.abs())
+                | (best_gradient.flatten(1).abs().amax(-1) <= gradient_tolerance)
+                | (iterations_done >= iterations)
             )
-            x, loss, gradient = new_x, new_loss, new_gradient
-            active = active & ~converged
-            self._record(trajectory, iteration, positions, index, x)
-            if 0 < int(active.sum()) <= len(index) // 2:
-                positions[index], loss_all[index] = x, loss
-                keep = active.nonzero()[:, 0]
-                index, problem = index[keep], problem.subset(keep)
-                x, loss, gradient, active = x[keep], loss[keep], gradient[keep], active[keep]
-                steps, changes, rho, filled = steps[keep], changes[keep], rho[keep], filled[keep]
-        positions[index], loss_all[index] = x, loss
+            state.update(
+                x=_where(moved, best_x, x),
+                loss=torch.where(moved, best_loss, loss),
+                gradient=_where(moved, best_gradient, gradient),
+                active=active & ~converged,
+                fresh=finished,
+                iterations=iterations_done,
+                direction=direction,
+                slope=slope,
+                step=step,
+                low=low,
+                high=high,
+                trials=trials,
+                best_x=best_x,
+                best_loss=best_loss,
+                best_gradient=best_gradient,
+            )
+            if trajectory is not None:
+                frame += 1
+                self._record(trajectory, frame, positions, state["index"], state["x"])
+            if evaluation % check_every == 0:
+                remaining = int(state["active"].sum())  # the only host sync of the loop
+                if remaining == 0:
+                    break
+                if remaining <= len(state["index"]) // 2:
+                    positions[state["index"]], loss_all[state["index"]] = state["x"], state["loss"]
+                    keep = state["active"].nonzero()[:, 0]
+                    state = {name: value[keep] for name, value in state.items()}
+                    problem = problem.subset(keep)
+        positions[state["index"]], loss_all[state["index"]] = state["x"], state["loss"]
         return positions, loss_all
 
     @staticmethod
@@ -1285,6 +1369,9 @@ def fold_file(
     known = ~np.isnan(distances)
     mask = None if known.all() else known
     positions = fold(distances, dim=dim, mask=mask, folder=folder)
+    # Imported here: minifold.atomic needs Lightning, which folding alone does not.
+    from minifold.atomic import atomic_path
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "positions.npy") as temporary:
