@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+try:
+    from omegaconf import OmegaConf
+except ImportError:  # a bare torch install (e.g. a GPU bench machine): no configs to resolve
+    OmegaConf = None
 
 __version__ = "0.1.0"
 
@@ -20,7 +23,7 @@ def project_root() -> str:
     return os.getcwd()
 
 
-if not OmegaConf.has_resolver("minifold_root"):
+if OmegaConf is not None and not OmegaConf.has_resolver("minifold_root"):
     OmegaConf.register_new_resolver("minifold_root", project_root)
 
 
@@ -39,13 +42,14 @@ def run_group(default: str) -> str:
     return default
 
 
-if not OmegaConf.has_resolver("run_group"):
-    OmegaConf.register_new_resolver("run_group", run_group)
-if not OmegaConf.has_resolver("stages_name"):
-    OmegaConf.register_new_resolver("stages_name", lambda stages: "+".join(stages))
-if not OmegaConf.has_resolver("vocab_size"):
-    # Token ids are PAD (0) plus one per letter.
-    OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
+if OmegaConf is not None:
+    if not OmegaConf.has_resolver("run_group"):
+        OmegaConf.register_new_resolver("run_group", run_group)
+    if not OmegaConf.has_resolver("stages_name"):
+        OmegaConf.register_new_resolver("stages_name", lambda stages: "+".join(stages))
+    if not OmegaConf.has_resolver("vocab_size"):
+        # Token ids are PAD (0) plus one per letter.
+        OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
 
 if not OmegaConf.has_resolver("run_name"):
     # `${run_name:${dim}}`: model, dim and overrides, e.g. birnn-3d-bd0.3 (see minifold.naming)

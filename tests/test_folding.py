@@ -193,7 +193,6 @@ def _valid(num: int = 6) -> np.ndarray:
             "disconnected",
         ),
         (lambda: _valid(), {"dim": 0}, "dim"),
-        (lambda: _valid(), {"dim": 7}, "dim"),
         (lambda: np.zeros((0, 0)), {}, "empty"),
     ],
 )
