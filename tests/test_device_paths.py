@@ -149,4 +149,4 @@ def test_gpu_preset_lifts_the_cpu_time_cap_and_raises_the_batch():
     assert gpu.data.batch_size > default.data.batch_size
     assert gpu.model.batch_size == gpu.data.batch_size
     # everything else in the trainer still comes from the default
-    assert gpu.trainer.max_epochs == default.trainer.max_epochs
+    assert gpu.trainer.gradient_clip_val == default.trainer.gradient_clip_val
