@@ -11,7 +11,8 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
-export HYDRA_FULL_ERROR ?= 1
+# A user error prints one line (minifold.run.main); HYDRA_FULL_ERROR=1 shows its traceback.
+# Bugs keep their full traceback either way, so it is not set here.
 
 ARGS ?=
 

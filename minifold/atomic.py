@@ -7,6 +7,7 @@ never half a file that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -35,6 +36,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+def temporaries_of(path: str | os.PathLike) -> list[Path]:
+    """Temporary files `atomic_path` made for `path` (`.<stem>.<random><suffix>` beside it)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = f".{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"
+    return sorted(p for p in path.parent.glob(pattern) if p.is_file() and p != path)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer of `path` left behind; returns the removed files.
+
+    Only safe where no other writer of `path` can be at work (the data cache calls it
+    under its file lock): a live writer's temporary file looks the same.
+    """
+    removed = []
+    for temporary in temporaries_of(path):
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+            removed.append(temporary)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -6,6 +6,7 @@ same name labels the W&B run, the run dir and the sweep summary's rows.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -62,6 +63,8 @@ def _short_value(value: str) -> str:
     except ValueError:
         text = value.strip("'\"[]").replace(",", "+")
         return text if len(text) <= LONGEST_VALUE else text[: LONGEST_VALUE - 1] + "~"
+    if not math.isfinite(number):  # nan / inf: named as given (validation refuses them later)
+        return str(number)
     if number == int(number) and "." not in value and "e" not in value.lower():
         return str(int(number))
     return f"{number:.3g}"

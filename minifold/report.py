@@ -502,10 +502,19 @@ def _job_result(config: DictConfig, job_return: Any) -> dict:
         "status": "ok" if job_return.status == JobStatus.COMPLETED else "failed",
     }
     metrics_path = out_dir / "metrics.json"
+    train_path = out_dir / "train_summary.json"
     if metrics_path.exists():
         saved = json.loads(metrics_path.read_text())
         result.update({k: v for k, v in saved.get("summary", {}).items()})
         result["fit_seconds"] = saved.get("train", {}).get("fit_seconds")
+    elif train_path.exists():
+        # a sweep that trains without folding (stages=[generate,train]) still has results:
+        # the val and test distance metrics of the training summary
+        trained = json.loads(train_path.read_text())
+        result.update(
+            {k: v for k, v in trained.items() if k.startswith(("val/", "test/"))},
+            fit_seconds=trained.get("fit_seconds"),
+        )
     timings_path = out_dir / "timings.json"
     if timings_path.exists():
         result["seconds"] = sum(json.loads(timings_path.read_text()).values())

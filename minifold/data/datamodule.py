@@ -15,14 +15,15 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from minifold.atomic import atomic_path
+from minifold.atomic import atomic_path, remove_stale_temporaries
 from minifold.data.alphabet import PAD
 from minifold.data.generator import ShapeGenerator
 from minifold.geometry import pair_mask
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: the file holds a checksum of its tensors (files of version 1 are regenerated)
+CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -33,6 +34,17 @@ class CacheInfo:
     path: Path
     hit: bool
     seconds: float
+
+
+def checksum(splits: dict[str, dict[str, Tensor]]) -> str:
+    """SHA-256 of every tensor of the splits (names, dtypes, shapes and bytes), in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        for key in sorted(splits[name]):
+            tensor = splits[name][key].detach().cpu().contiguous()
+            digest.update(f"{name}/{key}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class BatchCollator:
@@ -272,7 +284,25 @@ class ShapeDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} positions have the wrong shape")
             if positions.dtype != torch.float32 or not torch.isfinite(positions).all():
                 raise ValueError(f"{name} positions are not finite float32")
+        if payload.get("checksum") != checksum(splits):
+            raise ValueError("its values do not match their checksum (the file was altered)")
         return splits
+
+    def _check_generated(self, splits: dict[str, dict[str, Tensor]]) -> None:
+        """Refuse shapes with NaN or inf (never cached, never trained on)."""
+        from minifold.errors import ConfigError
+
+        for name, split in splits.items():
+            if not torch.isfinite(split["positions"]).all():
+                settings = ", ".join(
+                    f"generator.{k}={v}"
+                    for k, v in self.generator.hparams.items()
+                    if k != "alphabet"
+                )
+                raise ConfigError(
+                    f"the generator made non-finite positions in the {name} split; "
+                    f"check the generator settings ({settings})"
+                )
 
     def _try_load(self, path: Path) -> dict[str, dict[str, Tensor]] | None:
         if not path.exists():
@@ -296,6 +326,7 @@ class ShapeDataModule(L.LightningDataModule):
         path = self.cache_path
         if path is None:
             self.splits = self.generate()
+            self._check_generated(self.splits)
             self.cache_info = CacheInfo(Path("<memory>"), False, time.perf_counter() - start)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,11 +334,20 @@ class ShapeDataModule(L.LightningDataModule):
         with open(lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                # holding the lock, no writer of this file is alive: what a killed one left goes
+                for stale in remove_stale_temporaries(path):
+                    log.info("removed %s, left by an interrupted cache write", stale)
                 splits = self._try_load(path)
                 hit = splits is not None
                 if splits is None:
                     splits = self.generate()
-                    payload = {"hash": self.config_hash, "config": self.config, "splits": splits}
+                    self._check_generated(splits)
+                    payload = {
+                        "hash": self.config_hash,
+                        "config": self.config,
+                        "checksum": checksum(splits),
+                        "splits": splits,
+                    }
                     with atomic_path(path) as temporary:
                         torch.save(payload, temporary)
             finally:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
+
 import torch
 from torch import Tensor, nn
 
 from minifold.data.alphabet import PAD, Alphabet
+from minifold.errors import ConfigError
 from minifold.geometry import reversal_index
 
 
@@ -50,10 +54,35 @@ class ShapeGenerator(nn.Module):
         max_len: int = 39,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("dim", dim),
+            ("embedding_dim", embedding_dim),
+            ("hidden_size", hidden_size),
+            ("seed", seed),
+            ("min_len", min_len),
+            ("max_len", max_len),
+        ):
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise ConfigError(f"generator.{name} is {value!r}; it must be an integer")
         if dim < 2:
-            raise ValueError(f"dim is {dim}; shapes need dim >= 2")
+            raise ConfigError(f"generator.dim is {dim}; shapes need dim >= 2")
+        if embedding_dim < 1 or hidden_size < 1:
+            raise ConfigError(
+                f"generator.embedding_dim and hidden_size are {embedding_dim} and {hidden_size}; "
+                "both must be >= 1"
+            )
         if not 1 <= min_len <= max_len:
-            raise ValueError(f"lengths [{min_len}, {max_len}] must satisfy 1 <= min_len <= max_len")
+            raise ConfigError(
+                f"generator lengths [{min_len}, {max_len}] must satisfy 1 <= min_len <= max_len"
+            )
+        if (
+            isinstance(back_discount, bool)
+            or not isinstance(back_discount, Real)
+            or not math.isfinite(back_discount)
+        ):
+            raise ConfigError(
+                f"generator.back_discount is {back_discount!r}; it must be a finite number"
+            )
         self.hparams = dict(
             alphabet=alphabet,
             dim=int(dim),
