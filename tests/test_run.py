@@ -240,7 +240,7 @@ def test_multirun_failure_keeps_finished_jobs(tmp_path):
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [row["status"] for row in rows] == ["ok", "failed"]
     assert rows[0]["error"] == "" and rows[1]["test/lddt_median"] == ""
-    assert "ValueError" in rows[1]["error"] and "data.batch_size is 0" in rows[1]["error"]
+    assert "ConfigError" in rows[1]["error"] and "data.batch_size is 0" in rows[1]["error"]
     finished = json.loads((sweep / "0" / "metrics.json").read_text())["summary"]
     assert float(rows[0]["test/lddt_median"]) == finished["test/lddt_median"]
 
