@@ -376,6 +376,11 @@ def check_plan(cfg: DictConfig) -> None:
                 f"{mode} runs on its own, not with stages={stages}: leave stages out "
                 f"(or stages=[fold]), or drop {mode.split('=')[0]}"
             )
+        if fold_input is not None and ckpt_path:
+            raise ConfigError(
+                "fold.input=... folds the matrix in that file; no model is used, so leave "
+                "ckpt_path out (sequence=... folds a sequence with a checkpoint's model)"
+            )
         if sequence is not None and not ckpt_path:
             raise ConfigError(
                 "sequence=... needs a trained model: give ckpt_path=<run>/checkpoints/best.ckpt "

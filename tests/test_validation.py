@@ -24,6 +24,7 @@ from minifold.run import run, validate
 from tests.test_train import config
 
 TINY = ("debug=fast", "logger=none")
+MATRIX_FILE = Path(__file__).resolve().parents[1] / "README.md"  # any existing file
 
 
 def compose(tmp_path: Path, *overrides: str):
@@ -169,6 +170,7 @@ BAD_CHECKPOINTS = [
     ("birnn", ["dim=3", "stages=[fold,evaluate]"], ["dim=2 in the checkpoint", "dim=3 here"]),
     ("birnn", ["generator.alphabet=abcd", "stages=[fold]"], ["alphabet='abcdefgh' in the"]),
     ("birnn", ["stages=[generate]"], ["never use a model"]),
+    ("birnn", [f"fold.input={MATRIX_FILE}", "stages=[fold]"], ["no model is used", "ckpt_path"]),
     ("birnn", ["sequence="], ["sequence is ''"]),
     ("birnn", ["sequence='   '"], ["sequence is '   '"]),
     ("birnn", ["sequence=123"], ["sequence is 123"]),
