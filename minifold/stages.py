@@ -674,12 +674,18 @@ def fold_sequence(context: RunContext) -> None:
 
 def fold_matrix_file(context: RunContext) -> None:
     """Fold a distance matrix from a .npy, .npz or .csv file (fold.input=path)."""
+    from minifold.errors import ConfigError
     from minifold.folding import fold_file
 
     folder = instantiate(context.cfg.folder)
-    positions = fold_file(
-        context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir
-    )
+    try:
+        positions = fold_file(
+            context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir
+        )
+    except ValueError as error:  # fold_file refuses a bad file by name: the user's input
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"fold.input: {error}") from error
     log.info(
         "folded %s: %d points in %dD -> %s",
         context.cfg.fold.input,
