@@ -162,16 +162,10 @@ def build_loggers(cfg: DictConfig) -> list:
     hparams["overrides"] = identity.overrides
     for logger in loggers:
         logger.log_hyperparams(hparams)
-        # Lightning logs the module's hparams at fit start; they are in `model` already.
-        logger.log_hyperparams = _ignore_hyperparameters
         if isinstance(logger, WandbLogger):
             for key, summary in WANDB_SUMMARIES.items():
                 logger.experiment.define_metric(key, summary=summary)
     return loggers
-
-
-def _ignore_hyperparameters(*args: Any, **kwargs: Any) -> None:
-    """Stands in for a logger's log_hyperparams once the full config is logged."""
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
