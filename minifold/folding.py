@@ -88,8 +88,8 @@ PATH_NEIGHBOURS = 16
 MIN_PATH_ROUNDS = 2
 # Relative potential: the plain squared-error stage before it stops at this tolerance.
 STAGE_TOLERANCE = 1e-4
-# On the CPU the potential is evaluated in blocks of about this many pair entries
-# (2 MB of float64), which stay in cache between the elementwise passes.
+# On the CPU the potential is evaluated in blocks of about this many pair entries per
+# thread (2 MB of float64), which stay in cache between the elementwise passes.
 CACHE_BLOCK_ELEMENTS = 1 << 18
 # Optimisers test for convergence (a host sync) every this many rounds on GPUs
 # (check_every=None); on the CPU every round.
@@ -445,11 +445,14 @@ class _Stress:
         self.total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
         self.weighted_targets = weights * targets
         self._pseudo_inverse: Tensor | None = None
+        self.extents: list[int] | None = None
 
     def subset(self, index: Tensor) -> _Stress:
         part = _Stress(self.targets[index], self.weights[index], self.mask[index], self.uniform)
         if self._pseudo_inverse is not None:
             part._pseudo_inverse = self._pseudo_inverse[index]
+        if self.extents is not None:
+            part.extents = [self.extents[i] for i in index.tolist()]
         return part
 
     # Each [B, N, N] temporary is a fresh multi-megabyte allocation that the
@@ -475,28 +478,45 @@ class _Stress:
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Loss [B] and its gradient [B, N, dim]."""
         batch, num = positions.shape[:2]
-        if positions.device.type != "cpu" or batch * num * num <= CACHE_BLOCK_ELEMENTS:
+        # Each thread takes a share of every elementwise pass: its share should fit
+        # its cache. (Smaller blocks on 2 threads also stalled for seconds at a time
+        # when another process held the second core.)
+        budget = CACHE_BLOCK_ELEMENTS * torch.get_num_threads()
+        if positions.device.type != "cpu" or batch * num * num <= budget:
             loss, laplacian_x = self._whole(positions)
-        elif num * num <= CACHE_BLOCK_ELEMENTS:
+        elif num * num <= budget:
             # Small problems: a few whole problems at a time stay in cache.
-            loss, laplacian_x = torch.empty_like(positions[:, 0, 0]), torch.empty_like(positions)
-            problems = CACHE_BLOCK_ELEMENTS // (num * num)
+            # Small problems: a few whole problems at a time stay in cache, each block
+            # cut to its last real point (padding has no pairs: its gradient is 0).
+            loss, laplacian_x = torch.empty_like(positions[:, 0, 0]), torch.zeros_like(positions)
+            problems = budget // (num * num)
+            extents = self._extents()
             for start in range(0, batch, problems):
                 part = slice(start, start + problems)
-                loss[part], laplacian_x[part] = self._whole(positions[part], part)
+                size = max(extents[part])
+                loss[part], laplacian_x[part, :size] = self._whole(
+                    positions[part, :size], (part, slice(size), slice(size))
+                )
         else:
-            rows = max(1, CACHE_BLOCK_ELEMENTS // (batch * num))
+            rows = max(1, budget // (batch * num))
             loss, laplacian_x = self._by_row_blocks(positions, rows)
         return loss, laplacian_x * (4.0 / self.total)[..., None, None]
 
-    def _whole(self, positions: Tensor, part: slice = slice(None)) -> tuple[Tensor, Tensor]:
-        """Loss [b] and (V - B(X)) X [b, N, dim] of the problems `part`, whole matrices."""
+    def _extents(self) -> list[int]:
+        """Per problem, one past its last real point (a host sync: CPU only, once)."""
+        if self.extents is None:
+            order = torch.arange(1, self.mask.shape[-1] + 1, device=self.mask.device)
+            self.extents = (self.mask * order).amax(-1).clamp_min(1).tolist()
+        return self.extents
+
+    def _whole(self, positions: Tensor, part=(slice(None),)) -> tuple[Tensor, Tensor]:
+        """Loss [b] and (V - B(X)) X [b, n, dim] of the problems (and points) `part`."""
         squared = _squared_distances(positions)
         # rsqrt(0) = inf: coincident points (and padding) get C = 0.
         inverse = squared.rsqrt().nan_to_num_(nan=0.0, posinf=0.0)
         error = squared.mul_(inverse).sub_(self.targets[part])
         weights = self.weights[part]
-        loss = error.mul_(error).mul_(weights).sum((-1, -2)) / self.total[part]
+        loss = error.mul_(error).mul_(weights).sum((-1, -2)) / self.total[part[0]]
         ratio = inverse.mul_(self.weighted_targets[part])
         return loss, self._laplacian_x(ratio, weights, positions, positions)
 
