@@ -738,7 +738,7 @@ class Folder:
         smacof_iterations: int = 0,
         smacof_tolerance: float = 1e-4,
         max_iter: int = 300,
-        tolerance: float = 1e-5,
+        tolerance: float = 1e-6,
         gradient_tolerance: float = 1e-9,
         history_size: int = 10,
         max_line_search: int = 20,
