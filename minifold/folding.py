@@ -264,7 +264,7 @@ def classical_mds(
 def top_eigenpairs(
     matrix: Tensor,
     count: int,
-    exact_up_to: int = 256,
+    exact_up_to: int = EIGH_UP_TO,
     max_iterations: int = SUBSPACE_MAX_ITERATIONS,
     oversampling: int = SUBSPACE_OVERSAMPLING,
     tolerance: float = SUBSPACE_TOLERANCE,
