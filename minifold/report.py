@@ -41,6 +41,7 @@ METRIC_DIRECTIONS = {
     "lddt": "higher",
     "lddt_distances": "higher",
     "gdt_ts": "higher",
+    "tm_score": "higher",
     "rmsd": "lower",
     "rmsd_over_rg": "lower",
     "distance_mae": "lower",
