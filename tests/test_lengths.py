@@ -141,10 +141,10 @@ def test_bad_length_factors(factors, message):
 
 def test_longer_splits_come_in_smaller_batches_of_their_full_width():
     module = make(batch_size=16, num_long_test=5)
-    assert [module.split_batch_size(n) for n in module.test_splits] == [16, 4, 1]
-    batches = list(module.split_loader("test_x2"))
+    assert [module.split_batch_size(n) for n in module.test_splits] == [16, 8, 4]
+    batches = list(module.split_loader("test_x4"))
     assert [len(b["tokens"]) for b in batches] == [4, 1]
-    assert all(b["tokens"].shape[1] == module.split_width("test_x2") for b in batches)
+    assert all(b["tokens"].shape[1] == module.split_width("test_x4") for b in batches)
     with pytest.raises(ValueError, match="no split 'test_x3'"):
         module.split_loader("test_x3")
 

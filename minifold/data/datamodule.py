@@ -224,9 +224,9 @@ class ShapeDataModule(L.LightningDataModule):
         num_train, num_val, num_test: split sizes.
         seed: seed of the sequences.
         batch_size: sequences per batch. Batches are sliced on the trainer's device
-            (see `SplitLoader`), so there are no DataLoader workers. A longer test
-            split's batches hold batch_size // f^2 sequences (at least 1), so their
-            pair tensors stay the size of a training batch's.
+            (see `SplitLoader`), so there are no DataLoader workers. A test split f
+            times longer has batches of batch_size // f sequences (at least 1): its
+            pair tensors are f times a training batch's, not f^2 times.
         cache_dir: where cache files go; None keeps the data in memory only.
         length_factors: test lengths as multiples of the training lengths (1 = `test`).
         num_long_test: sequences in each test split with a factor above 1.
@@ -300,8 +300,8 @@ class ShapeDataModule(L.LightningDataModule):
         return length_range(factor, self.generator.min_len, self.generator.max_len)[1]
 
     def split_batch_size(self, name: str) -> int:
-        """Sequences per batch of a split: batch_size, divided by f^2 for a split f times longer."""
-        return max(1, self.batch_size // self.test_splits.get(name, 1) ** 2)
+        """Sequences per batch of a split: batch_size, divided by f for a split f times longer."""
+        return max(1, self.batch_size // self.test_splits.get(name, 1))
 
     def length_generator(self, factor: int) -> ShapeGenerator:
         """The same frozen networks, drawing lengths `factor` times the training ones."""
