@@ -207,9 +207,7 @@ def test_longer_splits_reach_metrics_json_the_report_and_the_sweep_table(tmp_pat
         assert len(rows) == info["sequences"] == (12 if name == "test" else 3)
         for key in ("lddt", "gdt_ts", "tm_score", "rmsd_over_rg"):
             column = torch.tensor([row[key] for row in rows], dtype=torch.float64)
-            assert saved["summary"][f"{name}/{key}_median"] == pytest.approx(
-                float(column.median())
-            )
+            assert saved["summary"][f"{name}/{key}_median"] == pytest.approx(float(column.median()))
         assert 0.5 < saved["summary"][f"{name}/tm_score_median"] <= 1
     stages.stage_report(context)
     report = (out / "report.md").read_text()
