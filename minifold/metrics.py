@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from minifold.geometry import (
@@ -18,6 +19,19 @@ PROTEIN_STEP = 3.8
 LDDT_CUTOFF = 15.0 / PROTEIN_STEP
 LDDT_THRESHOLDS = tuple(t / PROTEIN_STEP for t in (0.5, 1.0, 2.0, 4.0))
 GDT_THRESHOLDS = tuple(t / PROTEIN_STEP for t in (1.0, 2.0, 4.0, 8.0))
+# TM-score's length-dependent distance scale d0(N) = 1.24 (N - 15)^(1/3) - 1.8 A,
+# floored at 0.5 A as the TM-score program floors it (the formula is negative
+# below N = 19), then divided by 3.8 A like every threshold above.
+TM_D0_SCALE = 1.24
+TM_D0_OFFSET = 15.0
+TM_D0_SHIFT = 1.8
+TM_D0_FLOOR = 0.5
+# Superposition search of the TM-score: seeds superpose on contiguous fragments of
+# these fractions of the chain (windows half a fragment apart, at least
+# TM_SEED_MIN_LENGTH points), then TM_ITERATIONS weighted-Kabsch refinements each.
+TM_SEED_FRACTIONS = (1.0, 1 / 2, 1 / 4, 1 / 8)
+TM_SEED_MIN_LENGTH = 4
+TM_ITERATIONS = 20
 
 
 def distance_mae(pred_distances: Tensor, true_distances: Tensor, mask: Tensor) -> Tensor:
@@ -149,6 +163,111 @@ def gdt_ts(pred: Tensor, true: Tensor, mask: Tensor) -> Tensor:
     return (score * weights).sum(-1) / weights.sum(-1).clamp_min(1)
 
 
+def tm_d0(length: Tensor, step_length: Tensor) -> Tensor:
+    """TM-score's distance scale for chains of `length` points, in units of `step_length`.
+
+    d0 = max(0.5, 1.24 (N - 15)^(1/3) - 1.8) A for a protein of N residues, in units
+    of the 3.8 A C-alpha step; here multiplied by the true shape's mean step.
+
+    Args:
+        length: [*] number of real points N
+        step_length: [*] the unit (the true mean step)
+    Returns:
+        [*] d0 in the units of the coordinates
+    """
+    excess = (length.to(step_length.dtype) - TM_D0_OFFSET).clamp_min(0)
+    angstrom = (TM_D0_SCALE * excess.pow(1 / 3) - TM_D0_SHIFT).clamp_min(TM_D0_FLOOR)
+    return angstrom / PROTEIN_STEP * step_length
+
+
+def weighted_superposition(mobile: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """`mobile` moved by the orthogonal map and translation minimising the weighted squared error.
+
+    Like `geometry.superpose` (mirror images allowed), but with real-valued
+    weights whose sum may be below 1 (the centroids are true weighted means).
+
+    Args:
+        mobile: [*, N, D] coordinates to move
+        target: [*, N, D] coordinates to move onto
+        weights: [*, N] non-negative weight of each point (0 at padding)
+    Returns:
+        [*, N, D] mobile after the map (every point moved, padding included)
+    """
+    total = weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    w = (weights / total)[..., None]
+    mobile_centroid = (mobile * w).sum(-2, keepdim=True)
+    target_centroid = (target * w).sum(-2, keepdim=True)
+    covariance = ((mobile - mobile_centroid) * w).transpose(-1, -2) @ (target - target_centroid)
+    u, _, vh = torch.linalg.svd(covariance)
+    return (mobile - mobile_centroid) @ (u @ vh) + target_centroid
+
+
+def _tm_seed_masks(mask: Tensor) -> Tensor:
+    """Contiguous fragments of each chain to seed the superposition search.
+
+    For each fraction f of TM_SEED_FRACTIONS a fragment of max(4, floor(f N)) points
+    (at most N) slides over the chain in 2/f - 1 windows spread evenly from its
+    first point to its last, so f = 1 is the whole chain.
+
+    Args:
+        mask: [*, N] True where a point exists
+    Returns:
+        [*, K, N] True on the points of each seed's fragment (K seeds)
+    """
+    rank = mask.long().cumsum(-1) - 1  # a real point's index along its own chain
+    length = mask.sum(-1)
+    seeds = []
+    for fraction in TM_SEED_FRACTIONS:
+        windows = max(1, round(2 / fraction) - 1)
+        size = (length.double() * fraction).floor().long().clamp_min(TM_SEED_MIN_LENGTH)
+        size = torch.minimum(size, length)
+        room = length - size
+        for window in range(windows):
+            start = room * window // max(windows - 1, 1)
+            seeds.append(mask & (rank >= start[..., None]) & (rank < (start + size)[..., None]))
+    return torch.stack(seeds, -2)
+
+
+def tm_score(pred: Tensor, true: Tensor, mask: Tensor, iterations: int = TM_ITERATIONS) -> Tensor:
+    """TM-score: the best mean of 1 / (1 + (d_i / d0)^2) over superpositions, mirrors allowed.
+
+    d_i is point i's distance from its true place after superposition and d0 the
+    length-dependent scale of `tm_d0` in units of the true mean step, so the score
+    is free of the shapes' scale and, unlike lDDT and GDT-TS at their fixed
+    thresholds, still falls as a long chain's global errors grow. The search
+    follows the TM-score program: superpose on contiguous fragments (seeds), then
+    refine each by weighted Kabsch with TM-align's weights (1 + d_i^2/d0^2)^-2,
+    which never lowers the score (a minorise-maximise step); the best score seen
+    is kept. Like the program's search, this is a lower bound of the exact maximum,
+    and never below the score of the least-squares superposition (the first seed).
+
+    Args:
+        pred: [*, N, D] predicted coordinates
+        true: [*, N, D] true coordinates
+        mask: [*, N] True where a point exists
+        iterations: refinements of each seed
+    Returns:
+        [*] score in (0, 1]
+    """
+    weights = mask.to(pred.dtype)
+    count = weights.sum(-1)
+    step = mean_step_length_from_distances(pairwise_distances(true), mask)
+    d0 = tm_d0(count, step)[..., None, None]  # [*, 1, 1] against [*, K, N]
+    seeds = _tm_seed_masks(mask).to(pred.dtype)
+    mobile = pred[..., None, :, :].expand(*seeds.shape, pred.shape[-1])
+    target = true[..., None, :, :].expand_as(mobile)
+    real = weights[..., None, :]
+    best = torch.zeros(seeds.shape[:-1], dtype=pred.dtype, device=pred.device)
+    fit = seeds
+    for _ in range(iterations + 1):
+        aligned = weighted_superposition(mobile, target, fit)
+        closeness = 1 / (1 + ((aligned - target).square().sum(-1) / d0.square()))
+        score = (closeness * real).sum(-1) / count[..., None].clamp_min(1)
+        best = torch.maximum(best, score)
+        fit = closeness.square() * real
+    return best.amax(-1)
+
+
 def structure_metrics(
     pred_positions: Tensor,
     true_positions: Tensor,
@@ -164,7 +283,8 @@ def structure_metrics(
         pred_distances: [B, N, N] the predicted distances the fold came from; the
             distance MAE uses the folded positions' distances if None
     Returns:
-        dict of [B] tensors: rmsd, rmsd_over_rg, drmsd, lddt, gdt_ts, distance_mae
+        dict of [B] tensors: rmsd, rmsd_over_rg, drmsd, lddt, gdt_ts, tm_score,
+            distance_mae
     """
     true_distances = pairwise_distances(true_positions)
     if pred_distances is None:
@@ -176,5 +296,6 @@ def structure_metrics(
         "drmsd": drmsd(pred_positions, true_positions, mask),
         "lddt": lddt(pred_positions, true_positions, mask),
         "gdt_ts": gdt_ts(pred_positions, true_positions, mask),
+        "tm_score": tm_score(pred_positions, true_positions, mask),
         "distance_mae": distance_mae(pred_distances, true_distances, mask),
     }

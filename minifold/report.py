@@ -41,6 +41,7 @@ METRIC_DIRECTIONS = {
     "lddt": "higher",
     "lddt_distances": "higher",
     "gdt_ts": "higher",
+    "tm_score": "higher",
     "rmsd": "lower",
     "rmsd_over_rg": "lower",
     "distance_mae": "lower",
@@ -213,7 +214,7 @@ def run_header(context) -> list[str]:
     rows = [
         ["model", model + (f" (head {head})" if head else "")],
         ["dim", str(cfg.dim)],
-        ["data", "train/val/test " + "/".join(str(v) for v in sizes.values()) + " sequences"],
+        ["data", "/".join(sizes) + " " + "/".join(str(v) for v in sizes.values()) + " sequences"],
         [
             "folder",
             choices.get("folder") or str(OmegaConf.select(cfg, "folder._target_", default="")),
@@ -227,6 +228,66 @@ def run_header(context) -> list[str]:
     return lines + _markdown_table(["", ""], rows) + [""]
 
 
+# The scores of the per-length table and plot: the question is how they fall with length.
+LENGTH_METRICS = ("lddt", "gdt_ts", "tm_score", "rmsd_over_rg")
+
+
+def _rows_by_split(context) -> dict[str, list[dict]]:
+    """Per-sequence rows of every test split, `test` first; empty without longer splits."""
+    extra = getattr(context, "per_sequence_by_split", None) or {}
+    if not extra or not context.per_sequence:
+        return {}
+    return {"test": context.per_sequence, **extra}
+
+
+def length_rows(context) -> list[list[str]]:
+    """One row per test split: its lengths, size, median of each LENGTH_METRICS, seconds."""
+    rows = []
+    for name, info in (getattr(context, "length_splits", None) or {}).items():
+        low, high = info["lengths"]
+        row = [f"`{name}`", f"{info['factor']}x", f"{low}..{high}", str(info["sequences"])]
+        for key in LENGTH_METRICS:
+            value = context.metrics.get(f"{name}/{key}_median")
+            row.append("" if value is None else f"{value:.4f}")
+        row += [f"{info['predict_seconds']:.2f}", f"{info['fold_seconds']:.2f}"]
+        rows.append(row)
+    return rows
+
+
+def plot_lengths(rows_by_split: dict[str, list[dict]], path: Path | None = None) -> Figure | None:
+    """Each score of LENGTH_METRICS against sequence length: a point per test sequence, a
+    colour per split, the splits' medians (at their median lengths) joined by a line.
+
+    Args:
+        rows_by_split: per-sequence rows (with `length` and the metrics) by split name
+    Returns:
+        the Figure, or None with fewer than two splits
+    """
+    if len(rows_by_split) < 2:
+        return None
+    figure = Figure(figsize=(12, 3.4), layout="tight")
+    axes = figure.subplots(1, len(LENGTH_METRICS))
+    for axis, key in zip(axes, LENGTH_METRICS, strict=True):
+        medians = []
+        for name, rows in rows_by_split.items():
+            lengths = [row["length"] for row in rows]
+            values = [row[key] for row in rows]
+            axis.plot(lengths, values, marker=".", linestyle="", alpha=0.35, label=name)
+            medians.append((float(np.median(lengths)), float(np.median(values))))
+        axis.plot(*zip(*medians, strict=True), color="black", marker="o", label="median")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("sequence length")
+        axis.set_title(_metric_title(key), fontsize=10)
+        if key != "rmsd_over_rg":
+            axis.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=7)
+    if path is not None:
+        from minifold.viz import save_figure
+
+        save_figure(figure, path)
+    return figure
+
+
 CAPTIONS = {
     "gallery": "Test shapes (coloured by letter)",
     "training_curves": "Training curves",
@@ -235,6 +296,7 @@ CAPTIONS = {
     "fold_worst": "Worst test fold",
     "distances_median": "Distances of the median case: true | predicted | error",
     "folding_median": "Folding the median case (L-BFGS from the reference's random start)",
+    "lengths": "Scores against sequence length, every test split (medians joined)",
 }
 
 
@@ -246,6 +308,8 @@ def _draw_pictures(context, bar, task) -> dict[str, str]:
     pictures = dict(context.pictures)
     if plot_training_curves(context.history, out / "training_curves.png") is not None:
         pictures["training_curves"] = "training_curves.png"
+    if plot_lengths(_rows_by_split(context), out / "lengths.png") is not None:
+        pictures["lengths"] = "lengths.png"
     bar.advance(task)
     if not (context.per_sequence and context.predictions is not None):
         return pictures
@@ -306,6 +370,17 @@ def write_run_report(context) -> None:
                 median = context.metrics[key + "_median"]
                 metric_rows.append([key, _better(key), f"{median:.4f}", f"{value:.4f}"])
         lines += _markdown_table(["metric", "better", "median", "mean"], metric_rows)
+        by_length = length_rows(context)
+        if len(by_length) > 1:
+            lines += ["", "## Test splits by length (medians)", ""]
+            lines += [
+                "Split `test_xF` holds sequences F times the training lengths, shaped by the "
+                "same generator; predict and fold are the seconds each stage took on it.",
+                "",
+            ]
+            columns = ["split", "factor", "lengths", "n"]
+            columns += [f"{key} {_better(key).split()[0]}" for key in LENGTH_METRICS]
+            lines += _markdown_table([*columns, "predict s", "fold s"], by_length)
         if context.train_summary:
             lines += ["", "## Training", ""]
             train_rows = []
@@ -408,11 +483,12 @@ def _wandb_extras(context, run, pictures: dict[str, str]) -> None:
     import wandb
 
     payload: dict[str, Any] = {}
-    if context.per_sequence:
-        columns = list(context.per_sequence[0])
-        payload["test/per_sequence"] = wandb.Table(
-            columns=columns, data=[[row[c] for c in columns] for row in context.per_sequence]
-        )
+    for split, rows in ({"test": context.per_sequence} | _rows_by_split(context)).items():
+        if rows:
+            columns = list(rows[0])
+            payload[f"{split}/per_sequence"] = wandb.Table(
+                columns=columns, data=[[row[c] for c in columns] for row in rows]
+            )
     for key, name in pictures.items():
         path = context.out_dir / name
         if name.endswith(".gif"):
@@ -475,7 +551,31 @@ SUMMARY_METRICS = (
     "test/rmsd_over_rg_median",
     "test/distance_mae_median",
     "test/gdt_ts_median",
+    "test/tm_score_median",
 )
+# Of each longer test split (`test_x4/...`) the sweep summary shows these medians.
+LENGTH_SUMMARY_METRICS = ("lddt_median", "gdt_ts_median", "tm_score_median")
+
+
+def length_split_prefixes(rows: list[dict]) -> list[str]:
+    """The longer test splits the rows have metrics of, by factor: ["test_x2", "test_x4", ...]."""
+    found = {key.split("/")[0] for row in rows for key in row if re.match(r"test_x\d+/", str(key))}
+    return sorted(found, key=lambda name: int(name[len("test_x") :]))
+
+
+def summary_metrics(rows: list[dict]) -> list[str]:
+    """The sweep table's metric columns: the objective, SUMMARY_METRICS, then each longer
+    test split's LENGTH_SUMMARY_METRICS."""
+    objective_key = next((r.get("objective_key") for r in rows if r.get("objective_key")), None)
+    metrics = [objective_key] if objective_key and objective_key not in SUMMARY_METRICS else []
+    metrics += list(SUMMARY_METRICS)
+    for prefix in length_split_prefixes(rows):
+        metrics += [
+            f"{prefix}/{key}" for key in LENGTH_SUMMARY_METRICS if f"{prefix}/{key}" not in metrics
+        ]
+    return metrics
+
+
 RESULTS_MARKER = "<!-- results: written by `make report`; edit above this line -->"
 # Overrides that do not tell the sweep's jobs apart.
 SHARED_ROOTS = ("hydra", "paths", "logger", "experiment", "hparams_search", "debug", "extras")
@@ -615,9 +715,7 @@ def summary_table(rows: list[dict], exact: bool = False) -> tuple[list[str], lis
     """
     fmt = _fmt_exact if exact else _fmt
     parameters = sweep_parameters(rows)
-    objective_key = next((r.get("objective_key") for r in rows if r.get("objective_key")), None)
-    metrics = [objective_key] if objective_key and objective_key not in SUMMARY_METRICS else []
-    metrics += list(SUMMARY_METRICS)
+    metrics = summary_metrics(rows)
     columns = ["job", "status", "best", "name", *parameters, *metrics, "seconds", "error"]
     best = best_row(rows)
     body = []
@@ -650,8 +748,14 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
     objective_key = next((r.get("objective_key") for r in rows if r.get("objective_key")), None)
     done = [r for r in rows if r.get("status") == "ok"]
     keys = [objective_key] if objective_key and objective_key not in SUMMARY_METRICS else []
-    keys += [k for k in SUMMARY_METRICS if any(_number(r.get(k)) is not None for r in done)]
-    keys = [k for k in keys if k and any(_number(r.get(k)) is not None for r in done)]
+    keys += list(SUMMARY_METRICS)
+    longest = length_split_prefixes(done)[-1:]  # the longest split's GDT-TS and TM-score
+    keys += [
+        f"{prefix}/{key}" for prefix in longest for key in ("gdt_ts_median", "tm_score_median")
+    ]
+    keys = [
+        k for k in dict.fromkeys(keys) if k and any(_number(r.get(k)) is not None for r in done)
+    ]
     if not done or not keys:
         return None
     parameters = sweep_parameters(rows)

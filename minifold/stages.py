@@ -20,7 +20,9 @@ from minifold.atomic import AtomicCheckpointIO, write_json, write_text
 log = logging.getLogger("minifold")
 console = Console()
 
-METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "drmsd")
+METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "tm_score", "drmsd")
+# The metrics of the closing table and the per-length tables, in this order.
+HEADLINE_KEYS = ("distance_mae", "lddt", "rmsd_over_rg", "gdt_ts", "tm_score")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -30,6 +32,22 @@ def print_config(cfg: DictConfig, out_dir: Path) -> None:
     from minifold import console as run_console
 
     run_console.print_config(cfg, out_dir)
+
+
+@dataclass
+class FoldedSplit:
+    """One test split after the fold stage: its predictions, their folds, and the time each took."""
+
+    name: str
+    factor: int
+    predictions: dict
+    fold_result: Any
+    predict_seconds: float
+    fold_seconds: float
+
+    @property
+    def count(self) -> int:
+        return int(self.predictions["mask"].shape[0])
 
 
 @dataclass
@@ -45,6 +63,12 @@ class RunContext:
     train_summary: dict = field(default_factory=dict)
     predictions: dict | None = None
     fold_result: Any = None
+    # every test split folded (`test`, then the longer ones: `test_x2`, ...), by name
+    folded: dict[str, FoldedSplit] = field(default_factory=dict)
+    # per-sequence rows of the longer test splits (those of `test` are per_sequence)
+    per_sequence_by_split: dict[str, list[dict]] = field(default_factory=dict)
+    # each test split's factor, size, length range and predict / fold seconds
+    length_splits: dict[str, dict] = field(default_factory=dict)
     per_sequence: list[dict] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -162,16 +186,10 @@ def build_loggers(cfg: DictConfig) -> list:
     hparams["overrides"] = identity.overrides
     for logger in loggers:
         logger.log_hyperparams(hparams)
-        # Lightning logs the module's hparams at fit start; they are in `model` already.
-        logger.log_hyperparams = _ignore_hyperparameters
         if isinstance(logger, WandbLogger):
             for key, summary in WANDB_SUMMARIES.items():
                 logger.experiment.define_metric(key, summary=summary)
     return loggers
-
-
-def _ignore_hyperparameters(*args: Any, **kwargs: Any) -> None:
-    """Stands in for a logger's log_hyperparams once the full config is logged."""
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
@@ -202,10 +220,17 @@ def stage_generate(context: RunContext) -> None:
     datamodule = get_datamodule(context)
     summary = datamodule.summary()
     log.info(
-        "data: train/val/test %s, lengths %d..%d, %dD, cache %s (%s) in %.2f s",
+        "data: %s %s, lengths %d..%d (longer test splits: %s), %dD, cache %s (%s) in %.2f s",
+        "/".join(summary["sizes"]),
         "/".join(str(v) for v in summary["sizes"].values()),
         summary["min_length"],
         summary["max_length"],
+        ", ".join(
+            f"{name} {low}..{high}"
+            for name, (low, high) in summary["test_lengths"].items()
+            if name != "test"
+        )
+        or "none",
         summary["dim"],
         "hit" if summary["cache_hit"] else "miss",
         summary["cache"],
@@ -558,19 +583,43 @@ def fold_predictions(
     )
 
 
+def fold_split(context: RunContext, model, name: str) -> FoldedSplit:
+    """Predict the distances of one test split and fold them all in one batched call."""
+    datamodule = get_datamodule(context)
+    started = time.perf_counter()
+    predictions = predict_batches(model, datamodule.split_loader(name))
+    predicted = time.perf_counter()
+    fold_result = fold_predictions(context, predictions)
+    folded = FoldedSplit(
+        name=name,
+        factor=datamodule.test_splits[name],
+        predictions=predictions,
+        fold_result=fold_result,
+        predict_seconds=predicted - started,
+        fold_seconds=time.perf_counter() - predicted,
+    )
+    lengths = predictions["mask"].sum(-1)
+    log.info(
+        "%s: predicted %d sequences (lengths %d..%d) in %.2f s, folded them in %.2f s "
+        "(%.0f sequences/s)",
+        name,
+        folded.count,
+        int(lengths.min()),
+        int(lengths.max()),
+        folded.predict_seconds,
+        folded.fold_seconds,
+        folded.count / max(folded.fold_seconds, 1e-9),
+    )
+    return folded
+
+
 def stage_fold(context: RunContext) -> None:
-    """Predict distances for the test split and fold them all at once."""
+    """Predict distances for every test split (`test`, then the longer ones) and fold them."""
     model = load_model(context)
     datamodule = get_datamodule(context)
-    predictions = predict_batches(model, datamodule.test_dataloader())
-    started = time.perf_counter()
-    context.fold_result = fold_predictions(context, predictions)
-    seconds = time.perf_counter() - started
-    context.predictions = predictions
-    count = predictions["mask"].shape[0]
-    log.info(
-        "folded %d test sequences in %.2f s (%.0f sequences/s)", count, seconds, count / seconds
-    )
+    context.folded = {name: fold_split(context, model, name) for name in datamodule.test_splits}
+    test = context.folded["test"]
+    context.predictions, context.fold_result = test.predictions, test.fold_result
 
 
 # -------------------------------------------------------------------------- evaluate
@@ -585,16 +634,14 @@ def summarise(rows: list[dict], keys=METRIC_KEYS, prefix: str = "test/") -> dict
     return summary
 
 
-def stage_evaluate(context: RunContext) -> None:
-    """Structure metrics of every folded test sequence against its true shape."""
+def evaluate_split(context: RunContext, folded: FoldedSplit) -> list[dict]:
+    """Structure metrics of every folded sequence of one split: one row per sequence."""
     from minifold.metrics import structure_metrics
 
-    if context.fold_result is None:
-        stage_fold(context)
-    predictions = context.predictions
+    predictions = folded.predictions
     mask = predictions["mask"]
     values = structure_metrics(
-        context.fold_result.positions.to(predictions["positions"].dtype),
+        folded.fold_result.positions.to(predictions["positions"].dtype),
         predictions["positions"],
         mask,
         pred_distances=predictions["distances"],
@@ -606,11 +653,49 @@ def stage_evaluate(context: RunContext) -> None:
         row = {"index": i, "sequence": sequences[i], "length": int(mask[i].sum())}
         row.update({k: float(v[i]) for k, v in values.items()})
         rows.append(row)
-    context.per_sequence = rows
-    context.metrics.update(summarise(rows, keys=[k for k in values]))
+    return rows
+
+
+def stage_evaluate(context: RunContext) -> None:
+    """Structure metrics of every folded test sequence against its true shape, per test split.
+
+    `test/<metric>` (and `_median`) summarise the test split; `test_x4/<metric>` the
+    split of 4x the training lengths, and so on. metrics.json keeps every row.
+    """
+    if context.fold_result is None:
+        stage_fold(context)
+    if not context.folded:  # a fold result made outside stage_fold: the test split alone
+        context.folded["test"] = FoldedSplit(
+            "test", 1, context.predictions, context.fold_result, float("nan"), float("nan")
+        )
+    context.length_splits = {}
+    saved_splits = {}
+    for name, folded in context.folded.items():
+        rows = evaluate_split(context, folded)
+        context.metrics.update(summarise(rows, keys=METRIC_KEYS, prefix=f"{name}/"))
+        lengths = [row["length"] for row in rows]
+        info = {
+            "factor": folded.factor,
+            "sequences": len(rows),
+            "lengths": [min(lengths), max(lengths)],
+            "predict_seconds": folded.predict_seconds,
+            "fold_seconds": folded.fold_seconds,
+        }
+        context.length_splits[name] = info
+        if name == "test":
+            context.per_sequence = rows
+            saved_splits[name] = info
+        else:
+            context.per_sequence_by_split[name] = rows
+            saved_splits[name] = {**info, "per_sequence": rows}
     write_json(
         context.out_dir / "metrics.json",
-        {"summary": context.metrics, "train": context.train_summary, "per_sequence": rows},
+        {
+            "summary": context.metrics,
+            "train": context.train_summary,
+            "per_sequence": context.per_sequence,
+            "length_splits": saved_splits,
+        },
     )
 
 
@@ -695,6 +780,38 @@ def fold_matrix_file(context: RunContext) -> None:
     )
 
 
+# Short column names of the per-length table (the console is often 80 wide).
+SHORT_NAMES = {
+    "distance_mae": "MAE",
+    "lddt": "lDDT",
+    "rmsd_over_rg": "RMSD/Rg",
+    "gdt_ts": "GDT-TS",
+    "tm_score": "TM",
+}
+
+
+def length_table(context: RunContext) -> Table:
+    """Median metrics of each test split by length, and the seconds its fold took."""
+    from minifold.report import direction
+
+    table = Table(title="test splits by length (medians)")
+    for column in ("split", "lengths", "n"):
+        table.add_column(column)
+    for key in HEADLINE_KEYS:
+        better = {"higher": "↑", "lower": "↓"}.get(direction(key) or "", "")
+        table.add_column(f"{SHORT_NAMES.get(key, key)}{better}", justify="right")
+    table.add_column("fold s", justify="right")
+    for name, info in context.length_splits.items():
+        low, high = info["lengths"]
+        cells = [name, f"{low}..{high}", str(info["sequences"])]
+        for key in HEADLINE_KEYS:
+            value = context.metrics.get(f"{name}/{key}_median")
+            cells.append("" if value is None else f"{value:.3f}")
+        cells.append(f"{info['fold_seconds']:.2f}")
+        table.add_row(*cells)
+    return table
+
+
 def finish(context: RunContext) -> None:
     """The closing summary table: test metrics with their direction, time per stage, where
     the report and the W&B run are."""
@@ -705,7 +822,7 @@ def finish(context: RunContext) -> None:
     table.add_column("quantity")
     table.add_column("median", justify="right")
     table.add_column("mean", justify="right")
-    for key in ("distance_mae", "lddt", "rmsd_over_rg", "gdt_ts"):
+    for key in HEADLINE_KEYS:
         mean = context.metrics.get(f"test/{key}")
         if mean is not None:
             median = context.metrics[f"test/{key}_median"]
@@ -714,6 +831,8 @@ def finish(context: RunContext) -> None:
     for stage, seconds in context.timings.items():
         table.add_row(f"time {stage}", f"{seconds:.1f} s", "")
     console.print(table)
+    if len(context.length_splits) > 1:
+        console.print(length_table(context))
     # Paths below the table, whole, so that they can be copied.
     console.print(f"run dir: {context.out_dir}", soft_wrap=True)
     if (context.out_dir / "report.html").exists():

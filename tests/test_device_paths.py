@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -150,3 +151,21 @@ def test_gpu_preset_lifts_the_cpu_time_cap_and_raises_the_batch():
     assert gpu.model.batch_size == gpu.data.batch_size
     # everything else in the trainer still comes from the default
     assert gpu.trainer.gradient_clip_val == default.trainer.gradient_clip_val
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_are_made_on_the_gpu_and_match_the_cpu():
+    tokens, positions = _split()
+    device = torch.device("cuda")
+    on_gpu = SplitLoader(tokens, positions, 5, True, 3, device_of=lambda: device)
+    on_cpu = SplitLoader(tokens, positions, 5, True, 3)
+    for gpu_batch, cpu_batch in zip(on_gpu, on_cpu, strict=True):
+        assert all(value.device.type == "cuda" for value in gpu_batch.values())
+        for key, value in cpu_batch.items():
+            torch.testing.assert_close(gpu_batch[key].cpu(), value)
+    backbone = BiRNNBackbone(vocab_size=9, embed_dim=5, hidden_size=6)
+    batch = next(iter(on_cpu))
+    expected = backbone(batch["tokens"], batch["mask"])
+    actual = backbone.to(device)(batch["tokens"].to(device), batch["mask"].to(device))
+    torch.testing.assert_close(actual.cpu(), expected, atol=1e-5, rtol=1e-4)

@@ -316,12 +316,13 @@ def test_stress_loss_and_gradient_equal_autograd():
 
 
 def test_lbfgs_ends_at_a_stationary_point_below_its_start():
+    # potential="mse": the plain stress these oracles compute (the default weighs pairs)
     true = chains(6, 25, 2, seed=7)
     noisy, known = noisy_incomplete(pairwise_distances(true), 0.3, 0.5, seed=7)
     mask = torch.ones(6, 25, dtype=torch.bool)
     weights = known.double() * ~torch.eye(25, dtype=torch.bool)
-    start = Folder(dim=2, max_iter=0)(noisy, mask, weights=weights)
-    result = Folder(dim=2)(noisy, mask, weights=weights)
+    start = Folder(dim=2, max_iter=0, potential="mse")(noisy, mask, weights=weights)
+    result = Folder(dim=2, potential="mse")(noisy, mask, weights=weights)
     # the reported loss is the stress at the returned positions, recomputed from scratch
     torch.testing.assert_close(result.loss, plain_stress(result.positions, noisy, weights))
     torch.testing.assert_close(start.loss, plain_stress(start.positions, noisy, weights))
@@ -340,8 +341,8 @@ def test_restarts_find_a_lower_minimum_on_a_known_case():
     noisy, known = noisy_incomplete(pairwise_distances(true), 0.3, 0.5, seed=7)
     mask = torch.ones(6, 25, dtype=torch.bool)
     weights = known.double()
-    one = Folder(dim=2)(noisy, mask, weights=weights)
-    several = Folder(dim=2, restarts=4)(noisy, mask, weights=weights)
+    one = Folder(dim=2, potential="mse")(noisy, mask, weights=weights)
+    several = Folder(dim=2, restarts=4, potential="mse")(noisy, mask, weights=weights)
     assert several.loss[3] < 0.95 * one.loss[3]
     # the reported loss belongs to the returned positions (the best start's)
     off_diagonal = weights * ~torch.eye(25, dtype=torch.bool)
@@ -406,6 +407,7 @@ def smacof_stresses(true, noise, missing, seed):
         smacof_tolerance=0.0,
         max_iter=0,
         trajectory_every=1,
+        potential="mse",  # the plain stress that plain_stress computes
     )
     result = folder(noisy, mask, weights=known.double(), return_trajectory=True)
     weights = known.double() * ~torch.eye(true.shape[1], dtype=torch.bool)

@@ -18,11 +18,13 @@ from minifold.metrics import (
     rmsd,
     rmsd_over_rg,
     structure_metrics,
+    tm_d0,
+    tm_score,
 )
 
 torch.set_num_threads(1)
 
-METRICS = (rmsd, rmsd_over_rg, drmsd, lddt, gdt_ts)
+METRICS = (rmsd, rmsd_over_rg, drmsd, lddt, gdt_ts, tm_score)
 
 
 def chains(batch: int, num: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -84,7 +86,15 @@ def test_padding_and_batch_order_do_not_matter():
     padded = structure_metrics(garbage_pred, garbage_true, mask)
     order = torch.tensor([2, 0, 1])
     shuffled = structure_metrics(garbage_pred[order], garbage_true[order], mask[order])
-    assert set(padded) == {"rmsd", "rmsd_over_rg", "drmsd", "lddt", "gdt_ts", "distance_mae"}
+    assert set(padded) == {
+        "rmsd",
+        "rmsd_over_rg",
+        "drmsd",
+        "lddt",
+        "gdt_ts",
+        "tm_score",
+        "distance_mae",
+    }
     for key in padded:
         assert padded[key].shape == (3,)
         torch.testing.assert_close(padded[key][1:2], alone[key], atol=1e-10, rtol=0)
@@ -246,7 +256,7 @@ def test_metrics_are_scale_free(scale):
     generator = torch.Generator().manual_seed(5)
     pred = true + 0.4 * torch.randn(true.shape, generator=generator, dtype=torch.float64)
     mask = torch.ones(3, 20, dtype=torch.bool)
-    for metric in (lddt, gdt_ts, rmsd_over_rg):
+    for metric in (lddt, gdt_ts, tm_score, rmsd_over_rg):
         torch.testing.assert_close(
             metric(scale * pred, scale * true, mask), metric(pred, true, mask), atol=1e-12, rtol=0
         )
@@ -259,3 +269,151 @@ def test_metrics_are_scale_free(scale):
         distance_mae(scale * pairwise_distances(pred), scale * distances, mask),
         scale * distance_mae(pairwise_distances(pred), distances, mask),
     )
+
+
+# ------------------------------------------------------------------------- TM-score
+
+
+def test_tm_d0_by_hand():
+    # d0 = max(0.5, 1.24 (N - 15)^(1/3) - 1.8) A, in units of 3.8 A times the mean step
+    lengths = torch.tensor([5.0, 15.0, 19.0, 20.0, 30.0, 100.0, 320.0], dtype=torch.float64)
+    angstrom = [0.5, 0.5, 0.5, 0.5, 1.24 * 15 ** (1 / 3) - 1.8, 1.24 * 85 ** (1 / 3) - 1.8]
+    angstrom += [1.24 * 305 ** (1 / 3) - 1.8]
+    assert angstrom[4] == pytest.approx(1.2581, abs=1e-4)  # above the floor from N = 22 on
+    for step in (1.0, 2.5):
+        expected = torch.tensor(angstrom, dtype=torch.float64) / 3.8 * step
+        got = tm_d0(lengths, torch.full_like(lengths, step))
+        torch.testing.assert_close(got, expected)
+
+
+def line(num: int, step: float) -> torch.Tensor:
+    x = torch.arange(num, dtype=torch.float64) * step
+    return torch.stack([x, torch.zeros_like(x)], -1)
+
+
+def test_tm_score_hand_cases():
+    step = 2.0
+    mask = torch.ones(1, 30, dtype=torch.bool)
+    true = line(30, step)[None]
+    assert tm_score(true, true, mask).item() == pytest.approx(1.0, abs=1e-12)
+    d0 = (1.24 * 15 ** (1 / 3) - 1.8) / 3.8 * step  # N = 30
+    # One point off the line by d0, the rest exact: the identity keeps 29 exact points
+    # and scores 1/2 on the moved one; any other motion loses more than it gains.
+    pred = true.clone()
+    pred[0, 10, 1] = d0
+    assert tm_score(pred, true, mask).item() == pytest.approx((29 + 0.5) / 30, abs=1e-4)
+    # The last 10 points carried 1000 steps away: the best superposition fits the
+    # first 20 exactly and the far ten score 1 / (1 + (2000 / d0)^2) each. The
+    # least-squares superposition of all 30 fits neither part, so the search matters.
+    pred = true.clone()
+    pred[0, 20:, 1] += 1000 * step
+    expected = (20 + 10 / (1 + (1000 * step / d0) ** 2)) / 30
+    assert tm_score(pred, true, mask).item() == pytest.approx(expected, abs=1e-6)
+    assert tm_score(pred, true, mask, iterations=0).item() == pytest.approx(expected, abs=1e-6)
+    one_superposition = loop_tm_score(pred[0].numpy(), true[0].numpy(), 30, (1.0,), 0)
+    assert one_superposition < 0.01
+    # a rigid copy, mirrored, rotated and moved, scores 1
+    angle = torch.tensor(0.7, dtype=torch.float64)
+    rotation = torch.stack(
+        [torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])]
+    )
+    mirrored = true * torch.tensor([1.0, -1.0], dtype=torch.float64)
+    assert tm_score(mirrored @ rotation + 5.0, true, mask).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_tm_score_short_chain_uses_the_floor():
+    # 10 points (d0 floored at 0.5 A = 0.5 / 3.8 steps); every point displaced
+    # perpendicular to the line by d0 in the same direction is a pure translation: 1.
+    step = 1.5
+    true = line(10, step)[None]
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    shifted = true + torch.tensor([0.0, 0.5 / 3.8 * step], dtype=torch.float64)
+    assert tm_score(shifted, true, mask).item() == pytest.approx(1.0, abs=1e-12)
+    # the outlier case again at N = 10: the outlier at d0 scores 1/2
+    pred = true.clone()
+    pred[0, 4, 1] = 0.5 / 3.8 * step
+    assert tm_score(pred, true, mask).item() == pytest.approx(9.5 / 10, abs=1e-3)
+
+
+def loop_tm_score(
+    pred: np.ndarray,
+    true: np.ndarray,
+    length: int,
+    fractions=(1.0, 1 / 2, 1 / 4, 1 / 8),
+    iterations: int = 20,
+) -> float:
+    """The TM-score search written as plain loops: fragment seeds, then weighted Kabsch."""
+    pred, true = pred[:length], true[:length]
+    unit = float(np.mean([np.linalg.norm(true[i + 1] - true[i]) for i in range(length - 1)]))
+    d0 = max(0.5, 1.24 * max(length - 15, 0) ** (1 / 3) - 1.8) / 3.8 * unit
+
+    def superposed(weights: np.ndarray) -> np.ndarray:
+        w = weights / weights.sum()
+        mobile_centroid, target_centroid = w @ pred, w @ true
+        u, _, vh = np.linalg.svd(
+            ((pred - mobile_centroid) * w[:, None]).T @ (true - target_centroid)
+        )
+        return (pred - mobile_centroid) @ (u @ vh) + target_centroid
+
+    best = 0.0
+    for fraction in fractions:
+        windows = max(1, round(2 / fraction) - 1)
+        size = min(max(4, math.floor(length * fraction)), length)
+        for window in range(windows):
+            start = (length - size) * window // max(windows - 1, 1)
+            weights = np.zeros(length)
+            weights[start : start + size] = 1.0
+            for _ in range(iterations + 1):
+                aligned = superposed(weights)
+                closeness = [
+                    1 / (1 + (np.linalg.norm(aligned[i] - true[i]) / d0) ** 2)
+                    for i in range(length)
+                ]
+                best = max(best, sum(closeness) / length)
+                weights = np.array(closeness) ** 2
+    return best
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_tm_score_agrees_with_a_plain_loop_and_beats_one_superposition(dim):
+    true = chains(4, 30, dim, seed=20 + dim)
+    generator = torch.Generator().manual_seed(dim)
+    noise = torch.tensor([0.05, 0.2, 0.6, 1.5], dtype=torch.float64)[:, None, None]
+    pred = true + noise * torch.randn(true.shape, generator=generator, dtype=torch.float64)
+    # a hinge in the last chain: its two halves agree with the truth apart
+    pred[3, 15:] = (
+        true[3, 15:]
+        @ torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))[0]
+        + 3.0
+    )
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    lengths = [30, 23, 17, 28]
+    for row, length in enumerate(lengths):
+        mask[row, length:] = False
+    got = tm_score(pred, true, mask)
+    expected = [
+        loop_tm_score(pred[row].numpy(), true[row].numpy(), lengths[row]) for row in range(4)
+    ]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), atol=1e-10, rtol=0)
+    single = [
+        loop_tm_score(pred[row].numpy(), true[row].numpy(), lengths[row], (1.0,), 0)
+        for row in range(4)
+    ]
+    assert all(g >= s - 1e-12 for g, s in zip(got.tolist(), single, strict=True))
+    assert got[3] > single[3] + 0.1  # the search finds the better half
+    assert got.max() - got.min() > 0.3
+    assert 0 < got.min() and got.max() <= 1
+
+
+def test_tm_score_separates_folds_that_gdt_ts_and_lddt_call_perfect():
+    # Errors well under GDT-TS's smallest threshold (1/3.8 steps) and lDDT's (0.5/3.8):
+    # both read 1 for the two predictions; TM-score, with no threshold, ranks them.
+    true = chains(2, 30, 2, seed=7)
+    generator = torch.Generator().manual_seed(8)
+    noise = torch.tensor([0.002, 0.01], dtype=torch.float64)[:, None, None]
+    pred = true + noise * torch.randn(true.shape, generator=generator, dtype=torch.float64)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    assert gdt_ts(pred, true, mask).tolist() == [1.0, 1.0]
+    assert lddt(pred, true, mask).tolist() == [1.0, 1.0]
+    tm = tm_score(pred, true, mask)
+    assert tm[0] > tm[1] + 0.001 and tm[0] < 1

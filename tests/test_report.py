@@ -54,6 +54,7 @@ def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
             "test/rmsd_over_rg_median": 0.4,
             "test/distance_mae_median": 0.731,
             "test/gdt_ts_median": 0.52,
+            "test/tm_score_median": 0.45,
             "test/lddt": 0.6,
         },
         {
@@ -61,6 +62,7 @@ def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
             "test/rmsd_over_rg_median": 1.25,
             "test/distance_mae_median": 2.5,
             "test/gdt_ts_median": 0.125,
+            "test/tm_score_median": 0.1,
             "test/lddt": 0.3,
         },
     ]

@@ -171,7 +171,8 @@ def test_generate_stage_writes_gallery(tmp_path):
     assert (tmp_path / "gen" / "gallery.png").stat().st_size > 0
     summary = json.loads((tmp_path / "gen" / "data_summary.json").read_text())
     assert (
-        summary["sizes"] == {"train": 128, "val": 32, "test": 12} and summary["cache_hit"] is False
+        summary["sizes"] == {"train": 128, "val": 32, "test": 12, "test_x2": 6}
+        and summary["cache_hit"] is False
     )
     assert "cache miss" in result.stdout + result.stderr
 

@@ -34,6 +34,12 @@ def test_every_logger_writes_its_files(tmp_path):
     run(cfg)
     out = tmp_path / "run"
     assert (out / "csv" / "metrics.csv").read_text().count("val/distance_mae") == 1
+    # the whole config once, with the run's choices; not the module's flat keys again
+    import yaml
+
+    hparams = yaml.safe_load((out / "csv" / "hparams.yaml").read_text())
+    assert {"model", "data", "choices", "overrides"} <= set(hparams)
+    assert not {"net", "head", "scheduler_interval", "lr_scaling"} & set(hparams)
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     from mlflow.tracking import MlflowClient
 

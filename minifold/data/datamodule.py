@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import Tensor
+from torch.nn.functional import pad
 
 from minifold.atomic import atomic_path, remove_stale_temporaries
 from minifold.data.alphabet import PAD
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 # 2: the file holds a checksum of its tensors (files of version 1 are regenerated)
 CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
+
+
+def length_split_name(factor: int) -> str:
+    """The test split of `factor` times the training lengths: `test` for 1, else `test_x{factor}`."""
+    return "test" if factor == 1 else f"test_x{factor}"
+
+
+def length_range(factor: int, min_len: int, max_len: int) -> tuple[int, int]:
+    """Lengths of the test split at `factor` times the training lengths, both inclusive.
+
+    Factor f stretches the training range [min_len, max_len + 1) by f:
+    [f min_len, f (max_len + 1) - 1], so 20..39 becomes 40..79 at 2x, 160..319 at 8x.
+    """
+    return factor * min_len, factor * (max_len + 1) - 1
 
 
 @dataclass
@@ -169,6 +184,41 @@ class SplitLoader:
             yield collate(batch)
 
 
+def _distinct_tokens(
+    generator: ShapeGenerator,
+    total: int,
+    rng: torch.Generator,
+    exclude: Tensor | None = None,
+) -> Tensor:
+    """`total` distinct padded sequences from `generator`, none equal to a row of `exclude`.
+
+    Duplicates are vanishingly rare at default lengths but possible for short
+    sequences; draws are topped up until enough are distinct.
+
+    Args:
+        exclude: [M, generator.max_len] sequences that must not be drawn
+    Returns:
+        [total, generator.max_len] tokens in the order drawn
+    """
+    known = exclude if exclude is not None else torch.zeros(0, generator.max_len, dtype=torch.long)
+    tokens = generator.sample_tokens(total, rng)
+    for _ in range(100):
+        candidates = torch.cat([known, tokens])
+        unique, inverse = torch.unique(candidates, dim=0, return_inverse=True)
+        first = torch.full((len(unique),), len(candidates), dtype=torch.long)
+        first.scatter_reduce_(0, inverse, torch.arange(len(candidates)), reduce="amin")
+        first = first.sort().values
+        tokens = candidates[first[first >= len(known)]]
+        if len(tokens) >= total:
+            return tokens[:total]
+        tokens = torch.cat([tokens, generator.sample_tokens(total, rng)])
+    raise ValueError(
+        f"cannot draw {total} distinct sequences with lengths "
+        f"{generator.min_len}..{generator.max_len} over "
+        f"{len(generator.alphabet)} letters; ask for fewer"
+    )
+
+
 class ShapeDataModule(L.LightningDataModule):
     """Random sequences and their generated shapes, split three ways and cached.
 
@@ -176,13 +226,22 @@ class ShapeDataModule(L.LightningDataModule):
     sequence is in two splits), and are stored in one file per hash of the
     generator and split configuration under `cache_dir`.
 
+    Longer test splits measure how a model trained on the generator's lengths
+    generalises: for each factor f > 1 of `length_factors`, split `test_x{f}` holds
+    `num_long_test` sequences with lengths uniform over `length_range(f, ...)`,
+    shaped by the same frozen networks. Factor 1 is the `test` split itself.
+
     Args:
         generator: the ShapeGenerator that gives sequences their shapes.
         num_train, num_val, num_test: split sizes.
         seed: seed of the sequences.
         batch_size: sequences per batch. Batches are sliced on the trainer's device
-            (see `SplitLoader`), so there are no DataLoader workers.
+            (see `SplitLoader`), so there are no DataLoader workers. A test split f
+            times longer has batches of batch_size // f sequences (at least 1): its
+            pair tensors are f times a training batch's, not f^2 times.
         cache_dir: where cache files go; None keeps the data in memory only.
+        length_factors: test lengths as multiples of the training lengths (1 = `test`).
+        num_long_test: sequences in each test split with a factor above 1.
     """
 
     def __init__(
@@ -194,15 +253,29 @@ class ShapeDataModule(L.LightningDataModule):
         seed: int = 1234,
         batch_size: int = 64,
         cache_dir: str | None = None,
+        length_factors: list[int] | tuple[int, ...] = (1, 2, 4, 8),
+        num_long_test: int = 100,
     ) -> None:
         super().__init__()
-        for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        sizes = (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))
+        for name, value in (*sizes, ("num_long_test", num_long_test)):
             if value < 1:
                 raise ValueError(f"data.{name} is {value}; each split needs at least 1 sequence")
         if batch_size < 1:
             raise ValueError(f"data.batch_size is {batch_size}; it must be >= 1")
+        factors = [int(f) for f in length_factors or ()]
+        if any(f < 1 or f != g for f, g in zip(factors, length_factors or (), strict=True)):
+            raise ValueError(
+                f"data.length_factors is {list(length_factors)}; each must be a whole number >= 1"
+            )
+        if len(set(factors)) != len(factors):
+            raise ValueError(f"data.length_factors is {factors}; a factor appears twice")
         self.generator = generator
+        self.length_factors = sorted({1, *factors})
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        self.sizes.update(
+            {length_split_name(f): int(num_long_test) for f in self.length_factors if f > 1}
+        )
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -212,13 +285,42 @@ class ShapeDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------- caching
     @property
     def config(self) -> dict:
-        """Everything the cached data depends on."""
-        return {
+        """Everything the cached data depends on (without longer test splits, as before them)."""
+        config = {
             "version": CACHE_VERSION,
             "generator": self.generator.hparams,
             "sizes": self.sizes,
             "seed": self.seed,
         }
+        if len(self.length_factors) > 1:
+            config["length_factors"] = self.length_factors
+        return config
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """Every split: train, val, test, then the longer test splits by factor."""
+        return SPLITS + tuple(length_split_name(f) for f in self.length_factors if f > 1)
+
+    @property
+    def test_splits(self) -> dict[str, int]:
+        """The test splits by name, with their length factor: {"test": 1, "test_x2": 2, ...}."""
+        return {length_split_name(f): f for f in self.length_factors}
+
+    def split_width(self, name: str) -> int:
+        """The padded width of a split: the longest length it can hold."""
+        factor = self.test_splits.get(name, 1)
+        return length_range(factor, self.generator.min_len, self.generator.max_len)[1]
+
+    def split_batch_size(self, name: str) -> int:
+        """Sequences per batch of a split: batch_size, divided by f for a split f times longer."""
+        return max(1, self.batch_size // self.test_splits.get(name, 1))
+
+    def length_generator(self, factor: int) -> ShapeGenerator:
+        """The same frozen networks, drawing lengths `factor` times the training ones."""
+        low, high = length_range(factor, self.generator.min_len, self.generator.max_len)
+        stretched = ShapeGenerator(**{**self.generator.hparams, "min_len": low, "max_len": high})
+        stretched.load_state_dict(self.generator.state_dict())
+        return stretched
 
     @property
     def config_hash(self) -> str:
@@ -232,27 +334,15 @@ class ShapeDataModule(L.LightningDataModule):
         return self.cache_dir / f"shapes-{self.config_hash}.pt"
 
     def generate(self) -> dict[str, dict[str, Tensor]]:
-        """Sample all splits (deterministic from `seed`); no sequence appears twice."""
-        total = sum(self.sizes.values())
+        """Sample all splits (deterministic from `seed`); no sequence appears twice.
+
+        Train, val and test come from one stream seeded by `seed`; each longer test
+        split from its own stream seeded by (`seed`, factor), so adding or removing
+        a factor leaves every other split as it was.
+        """
+        base = sum(self.sizes[name] for name in SPLITS)
         rng = torch.Generator().manual_seed(self.seed)
-        tokens = self.generator.sample_tokens(total, rng)
-        # Duplicates are vanishingly rare at default lengths but possible for short
-        # sequences; top up until every sequence is distinct.
-        for _ in range(100):
-            unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
-            first = torch.full((len(unique),), len(tokens), dtype=torch.long)
-            first.scatter_reduce_(0, inverse, torch.arange(len(tokens)), reduce="amin")
-            tokens = tokens[first.sort().values]
-            if len(tokens) >= total:
-                break
-            tokens = torch.cat([tokens, self.generator.sample_tokens(total, rng)])
-        else:
-            raise ValueError(
-                f"cannot draw {total} distinct sequences with lengths "
-                f"{self.generator.min_len}..{self.generator.max_len} over "
-                f"{len(self.generator.alphabet)} letters; ask for fewer"
-            )
-        tokens = tokens[:total]
+        tokens = _distinct_tokens(self.generator, base, rng)
         positions = self.generator(tokens)
         splits, start = {}, 0
         dtype = torch.uint8 if self.generator.alphabet.vocab_size < 256 else torch.int16
@@ -263,6 +353,25 @@ class ShapeDataModule(L.LightningDataModule):
                 "positions": positions[start:stop].float().contiguous(),
             }
             start = stop
+        for factor in self.length_factors[1:]:
+            name = length_split_name(factor)
+            generator = self.length_generator(factor)
+            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + factor)
+            # a sequence of a shorter split can recur only where length ranges overlap
+            # (short training lengths); it is excluded so no test sequence was trained on
+            # (factors ascend, so every split drawn so far is at most this one's width)
+            seen = torch.cat(
+                [
+                    pad(split["tokens"].long(), (0, generator.max_len - split["tokens"].shape[1]))
+                    for split in splits.values()
+                ]
+            )
+            seen = seen[(seen != PAD).sum(-1) >= generator.min_len]
+            long_tokens = _distinct_tokens(generator, self.sizes[name], rng, exclude=seen)
+            splits[name] = {
+                "tokens": long_tokens.to(dtype),
+                "positions": generator(long_tokens).float().contiguous(),
+            }
         return splits
 
     def _validate(self, payload: object) -> dict[str, dict[str, Tensor]]:
@@ -270,12 +379,12 @@ class ShapeDataModule(L.LightningDataModule):
         if not isinstance(payload, dict) or payload.get("hash") != self.config_hash:
             raise ValueError("hash does not match this generator and data config")
         splits = payload.get("splits")
-        if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        if not isinstance(splits, dict) or set(splits) != set(self.split_names):
             raise ValueError("splits missing")
-        max_len, dim = self.generator.max_len, self.generator.dim
-        for name in SPLITS:
+        dim = self.generator.dim
+        for name in self.split_names:
             tokens, positions = splits[name].get("tokens"), splits[name].get("positions")
-            size = self.sizes[name]
+            size, max_len = self.sizes[name], self.split_width(name)
             if not isinstance(tokens, Tensor) or tokens.shape != (size, max_len):
                 raise ValueError(f"{name} tokens have the wrong shape")
             if tokens.dtype not in (torch.uint8, torch.int16):
@@ -396,7 +505,7 @@ class ShapeDataModule(L.LightningDataModule):
         return SplitLoader(
             data["tokens"],
             data["positions"],
-            batch_size=self.batch_size,
+            batch_size=self.split_batch_size(split),
             shuffle=shuffle,
             seed=self.seed,
             device_of=self._device,
@@ -415,15 +524,26 @@ class ShapeDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> SplitLoader:
         return self._loader("test", shuffle=False)
 
+    def split_loader(self, split: str) -> SplitLoader:
+        """Batches of any split in order (a longer test split's are smaller; see batch_size)."""
+        if split not in self.split_names:
+            raise ValueError(f"no split {split!r}; this data has {', '.join(self.split_names)}")
+        return self._loader(split, shuffle=False)
+
     def summary(self) -> dict:
-        """Split sizes, length range, cache file, hit or miss, seconds."""
+        """Split sizes, length ranges (training and each test split), cache file, hit, seconds."""
         self.prepare_data()
-        lengths = torch.cat([(s["tokens"] != PAD).sum(-1) for s in self.splits.values()])
+        lengths = torch.cat([(self.splits[s]["tokens"] != PAD).sum(-1) for s in SPLITS])
         info = self.cache_info
+        test_lengths = {}
+        for name in self.test_splits:
+            split_lengths = (self.splits[name]["tokens"] != PAD).sum(-1)
+            test_lengths[name] = [int(split_lengths.min()), int(split_lengths.max())]
         return {
             "sizes": dict(self.sizes),
             "min_length": int(lengths.min()),
             "max_length": int(lengths.max()),
+            "test_lengths": test_lengths,
             "dim": self.generator.dim,
             "cache": str(info.path) if info else None,
             "cache_hit": info.hit if info else None,

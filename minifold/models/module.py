@@ -132,7 +132,9 @@ class DistanceModule(L.LightningModule):
                 "batch_size": int(batch_size),
                 "lr_reference_batch_size": lr_reference_batch_size,
                 "lr_scaling": lr_scaling,
-            }
+            },
+            # the run logs the whole config (model included) to every logger itself
+            logger=False,
         )
         self.net = _build(net, "model.net")
         if not hasattr(self.net, "pair_dim"):
