@@ -573,7 +573,12 @@ def summary_metrics(rows: list[dict]) -> list[str]:
         metrics += [
             f"{prefix}/{key}" for key in LENGTH_SUMMARY_METRICS if f"{prefix}/{key}" not in metrics
         ]
+    # a sweep that only trains has no structure metrics: show its distance errors
+    metrics += [k for k in TRAIN_ONLY_METRICS if k not in metrics and any(k in r for r in rows)]
     return metrics
+
+
+TRAIN_ONLY_METRICS = ("val/distance_mae", "test/distance_mae")
 
 
 RESULTS_MARKER = "<!-- results: written by `make report`; edit above this line -->"

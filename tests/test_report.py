@@ -134,3 +134,18 @@ def test_every_experiment_composes_with_each_swept_value(path, tmp_path):
                 swept.paths.output_dir = str(tmp_path)  # a Hydra resolver outside a run
                 OmegaConf.resolve(swept)
                 assert swept.task_name == path.stem
+
+
+def test_a_sweep_that_only_trains_shows_its_distance_errors(tmp_path):
+    sweep = tmp_path / "sweep"
+    callback = SweepSummaryCallback()
+    for num, mae in ((0, 0.25), (1, 0.125)):
+        out = sweep / str(num)
+        out.mkdir(parents=True)
+        summary = {"val/distance_mae": mae, "test/distance_mae": 2 * mae, "fit_seconds": 3.0}
+        (out / "train_summary.json").write_text(json.dumps(summary))
+        config = job_config(sweep, num, [f"dim={2 + num}"], dim=2 + num, back_discount=0.0)
+        callback.on_job_end(config, JobReturn(status=JobStatus.COMPLETED))
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [float(row["val/distance_mae"]) for row in rows] == [0.25, 0.125]
+    assert [float(row["test/distance_mae"]) for row in rows] == [0.5, 0.25]

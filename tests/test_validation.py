@@ -347,3 +347,13 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     result = cli(tmp_path, "dim=2.5", full_error=True)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "ConfigError: dim is 2.5" in result.stderr
+
+
+def test_python_load_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    import minifold
+    from minifold.errors import ConfigError
+
+    path = tmp_path / "empty.ckpt"
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a minifold checkpoint"):
+        minifold.load(path)
