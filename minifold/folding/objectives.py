@@ -113,13 +113,12 @@ def _squared_distances(positions: Tensor) -> Tensor:
     """
     # One contiguous row per coordinate: broadcasting strided columns is ~5x slower.
     columns = positions.transpose(-1, -2).contiguous()
-    squared = None
-    for axis in range(columns.shape[-2]):
+    difference = columns[..., 0, :, None] - columns[..., 0, None, :]
+    squared = difference * difference
+    for axis in range(1, columns.shape[-2]):
         column = columns[..., axis, :]
         difference = column[..., :, None] - column[..., None, :]
-        squared = (
-            difference * difference if squared is None else squared.addcmul_(difference, difference)
-        )
+        squared.addcmul_(difference, difference)
     return squared
 
 
@@ -242,15 +241,12 @@ class _Stress:
         for start in range(0, num, rows):
             end = min(start + rows, num)
             block = slice(start, end)
-            squared = None
-            for axis in range(columns.shape[-2]):
+            difference = columns[..., 0, block, None] - columns[..., 0, None, start:]
+            squared = difference.mul_(difference)
+            for axis in range(1, columns.shape[-2]):
                 column = columns[..., axis, :]
                 difference = column[..., block, None] - column[..., None, start:]
-                squared = (
-                    difference.mul_(difference)
-                    if squared is None
-                    else squared.addcmul_(difference, difference)
-                )
+                squared.addcmul_(difference, difference)
             inverse = squared.rsqrt().nan_to_num_(nan=0.0, posinf=0.0)
             error = squared.mul_(inverse).sub_(self.targets[:, block, start:])
             weights = self.weights[:, block, start:]
