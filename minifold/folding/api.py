@@ -12,9 +12,11 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 from minifold.folding.folder import Folder
@@ -66,7 +68,13 @@ def _validate_matrix(distances: Tensor, dim: int, known: Tensor) -> None:
         )
 
 
-def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **options):
+def fold(
+    distances: ArrayLike | Tensor,
+    dim: int = 2,
+    mask: ArrayLike | Tensor | None = None,
+    folder: Folder | None = None,
+    **options: Any,
+) -> np.ndarray | Tensor:
     """Fold one distance matrix into coordinates.
 
     Args:
@@ -89,8 +97,7 @@ def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **opt
         (relative), a mask of the wrong shape or asymmetric, known pairs that
         leave points disconnected, dim < 1, or a bool (or other non-number) matrix.
     """
-    as_numpy = not isinstance(distances, Tensor)
-    if as_numpy:
+    if not isinstance(distances, Tensor):
         array = np.asarray(distances)
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(
             array.dtype, np.complexfloating
@@ -144,7 +151,7 @@ def fold(distances, dim: int = 2, mask=None, folder: Folder | None = None, **opt
             weights=off_diagonal[None].to(matrix.dtype),
         )
         positions = result.positions[0]
-    if as_numpy:
+    if not isinstance(distances, Tensor):  # NumPy (or anything array-like) in, NumPy out
         return positions.cpu().numpy().astype(np.float64)
     return positions.to(distances.dtype if distances.dtype.is_floating_point else matrix.dtype)
 
@@ -220,7 +227,8 @@ def fold_file(
     distances = np.asarray(load_distances(path), dtype=np.float64)
     known = ~np.isnan(distances)
     mask = None if known.all() else known
-    positions = fold(distances, dim=dim, mask=mask, folder=folder)
+    # NumPy in, NumPy out
+    positions = cast(np.ndarray, fold(distances, dim=dim, mask=mask, folder=folder))
     # Imported here: minifold.atomic needs Lightning, which folding alone does not.
     from minifold.atomic import atomic_path
 
