@@ -54,10 +54,13 @@ report: $(STAMP) ## rebuild the experiments' READMEs from their sweep summaries
 wandb-sync: $(STAMP) ## upload every offline W&B run under outputs/ (needs an account)
 	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 20 $(VENV)/bin/wandb sync
 
-lint: $(STAMP) ## ruff check and format check
+# lint-imports reads the package in this checkout (PYTHONPATH=.), whatever else is installed.
+lint: $(STAMP) ## ruff check and format check, import layers (lint-imports), types (mypy)
 	$(VENV)/bin/ruff check minifold tests hydra_plugins
 	$(VENV)/bin/ruff format --check minifold tests hydra_plugins
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean: ## remove outputs and caches (keeps .venv)
-	rm -rf outputs/* .pytest_cache .ruff_cache
+	rm -rf outputs/* .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 
 # Overrides that say where or how a run is recorded, not what it computes.
-UNNAMED_KEYS = ("hydra", "paths", "logger", "experiment", "hparams_search", "ckpt_path", "fold")
-UNNAMED_KEYS += ("extras", "publish", "task_name", "tags", "threads", "callbacks", "stages")
+UNNAMED_KEYS: tuple[str, ...] = ("hydra", "paths", "logger", "experiment", "hparams_search")
+UNNAMED_KEYS += ("ckpt_path", "fold", "extras", "publish", "task_name", "tags", "threads")
+UNNAMED_KEYS += ("callbacks", "stages")
 # Short forms of long override keys (the last part of the dotted key).
 SHORT_KEYS = {
     "back_discount": "bd",

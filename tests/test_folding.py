@@ -132,6 +132,31 @@ def test_bad_folder_options_raise():
         Folder(potential="huber")
 
 
+def test_option_table_covers_every_argument():
+    import inspect
+
+    assert set(inspect.signature(Folder).parameters) == set(Folder._parameter_constraints)
+    folder = Folder(dim="3", max_iter=2.7, check_every=None, dtype="float32")
+    assert (folder.dim, folder.max_iter, folder.check_every) == (3, 2, None)
+    assert folder.dtype == torch.float32
+    with pytest.raises(ValueError, match="folder.tolerance is nan; it must be >= 0"):
+        Folder(tolerance=float("nan"))
+    with pytest.raises(ValueError, match="folder.dtype is 'float16'; allowed: float64, float32"):
+        Folder(dtype="float16")
+
+
+def test_importing_folding_loads_neither_lightning_nor_matplotlib():
+    import subprocess
+    import sys
+
+    heavy = ("lightning", "matplotlib", "hydra", "wandb")
+    code = f"import sys, minifold.folding; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 # --------------------------------------------------------------------------- fold()
 
 

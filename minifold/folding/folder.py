@@ -1,0 +1,454 @@
+"""The Folder: batched folding of padded distance matrices, and what it returns.
+
+A `Folder` solves B independent problems at once, each a padded distance
+matrix with a point mask and optional per-pair weights (0 = unknown pair):
+
+1. **Start** (`starts`): classical MDS on the distances, unknown pairs filled by
+   shortest paths through known ones; on exact, complete distances this start
+   is already the answer up to rounding, and the optimiser stops at once.
+2. **Stress majorisation** (SMACOF, `optimize.smacof`), optional, off by default.
+3. **L-BFGS** (`optimize.lbfgs`), batched, per-problem strong-Wolfe line
+   search and convergence. The default potential, "relative" (Sammon's
+   stress, `objectives.relative_weights`), runs after a plain squared-error
+   stage; with the distogram potential a likelihood stage follows.
+
+Everything runs in `dtype` (float64 by default: the float32 eigen-solver and
+loss landscape stop at about 1e-4 relative error, and the exact-recovery target
+is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back.
+
+`potential="distogram"` fits the distances to predicted distogram
+probabilities instead: the start and SMACOF use the expected distances, with
+pairs weighted by their confidence 1 / (variance + eps), then L-BFGS minimises
+the negative log-likelihood of each pair's distance, the log-probabilities
+interpolated linearly between bin centres.
+
+The options are checked by one table, `Folder._parameter_constraints` (rules
+from `options`), in the manner of scikit-learn: `__init__` only validates and
+stores them.
+
+A little over 400 lines: the class documents each of its 23 options once, in
+its docstring, and `__call__` is the fold's one pipeline, read top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from minifold.folding.objectives import (
+    Objective,
+    _DistogramLikelihood,
+    _Stress,
+    distogram_targets,
+    problem_scale,
+    relative_fit_error,
+    relative_weights,
+)
+from minifold.folding.optimize import Trajectory, lbfgs, smacof
+from minifold.folding.options import Rule, as_type, at_least, choice
+from minifold.folding.starts import initial_positions
+from minifold.geometry import center, pair_mask
+
+log = logging.getLogger(__name__)
+
+INITS = ("mds", "random")
+POTENTIALS = ("mse", "relative", "distogram")
+COMPLETIONS = ("shortest_path", "mean")
+LINE_SEARCHES = ("strong_wolfe", "armijo")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# Relative potential: the plain squared-error stage before it stops at this tolerance.
+STAGE_TOLERANCE = 1e-4
+
+
+@dataclass
+class FoldResult:
+    """What a Folder returns.
+
+    Attributes:
+        positions: [B, N, dim] coordinates centred on the real points, zero at padding
+        loss: [B] final value of the potential (weighted mean squared distance
+            error in squared input units, or mean negative log-likelihood)
+        trajectory: positions [B, N, dim] every `trajectory_every` iterations,
+            or None when not asked for
+        fit_error: [B] how well the folded distances fit the known ones:
+            sqrt(sum w (d - target)^2 / sum w target^2) over known pairs (w the
+            pair weights given; targets the expected distances with a distogram).
+            Dimensionless; ~1e-7 or below on exact inputs at the global minimum.
+    """
+
+    positions: Tensor
+    loss: Tensor
+    trajectory: list[Tensor] | None = None
+    fit_error: Tensor | None = None
+
+
+class Folder:
+    """Folds batches of distance matrices into coordinates (see the module docstring).
+
+    Args:
+        dim: dimension of the coordinates.
+        init: "mds" (classical MDS) or "random" (the reference's start).
+        completion: how unknown pairs are filled for the MDS start,
+            "shortest_path" or "mean".
+        smacof_iterations: cap on stress-majorisation steps (0 skips the stage).
+        smacof_tolerance: a problem leaves SMACOF when a step lowers its loss by
+            less than this fraction.
+        max_iter: cap on L-BFGS iterations (0 skips the stage).
+        tolerance: a problem leaves L-BFGS when an iteration lowers its loss by
+            less than this fraction of the loss.
+        gradient_tolerance: ... or when its largest gradient entry falls below
+            this (in units where the weighted RMS target distance is 1).
+        history_size: L-BFGS memory (pairs of steps and gradient changes).
+        max_line_search: cap on function evaluations per L-BFGS iteration.
+        line_search: "strong_wolfe" (sufficient decrease and a flat enough slope,
+            c1 = 1e-4, c2 = 0.9; bracketing by doubling, then bisection) or
+            "armijo" (sufficient decrease only, halving the step).
+        restarts: number of starts per problem; the first is `init`, the others
+            alternate between random starts and perturbed MDS starts (all random
+            with init "random"); the lowest final loss wins.
+        restart_noise: perturbation of the perturbed starts, in radii of gyration.
+        fit_warning: log a warning when a problem's `fit_error` (relative RMS
+            error on known pairs) exceeds this; 0 never warns.
+        check_every: the optimisers test whether any problem is still running
+            (a host-device synchronisation) and drop finished problems only
+            every this many rounds; finished problems stay frozen in between.
+            Larger values keep a GPU busy on small problems at the cost of a
+            few wasted evaluations. None: every round on the CPU (a check costs
+            nothing there; every 10 was 7-13% slower), CHECK_EVERY_ACCELERATOR
+            rounds on other devices.
+        potential: "relative" (squared distance error, each pair's weight
+            divided by target^relative_power, see `relative_weights`; L-BFGS
+            first fits plain squared error to STAGE_TOLERANCE, then this), "mse"
+            (plain weighted squared distance error) or "distogram" (negative
+            log-likelihood under predicted distograms).
+        relative_power: the exponent of the relative potential: 1 is Sammon's
+            stress (the default: most accurate under multiplicative noise, see
+            minifold.bench.folding), 2 squared relative error, 0 the same as mse.
+        likelihood_iterations: cap on L-BFGS steps on the distogram likelihood.
+        confidence_eps: added to each pair's distogram variance before
+            weighting the pair by its inverse.
+        trajectory_every: keep positions every this many iterations when a
+            trajectory is asked for.
+        return_trajectory: keep the trajectory on every call.
+        seed: seed of random starts and restart perturbations.
+        dtype: "float64" or "float32", the precision of the computation.
+    """
+
+    # Every __init__ argument and its rule, checked in this order.
+    _parameter_constraints: ClassVar[dict[str, Rule]] = {
+        "dim": at_least(int, 1),
+        "init": choice(INITS),
+        "potential": choice(POTENTIALS),
+        "completion": choice(COMPLETIONS),
+        "line_search": choice(LINE_SEARCHES),
+        "dtype": choice(DTYPES),
+        "smacof_iterations": at_least(int, 0),
+        "max_iter": at_least(int, 0),
+        "likelihood_iterations": at_least(int, 0),
+        "history_size": at_least(int, 1),
+        "max_line_search": at_least(int, 1),
+        "restarts": at_least(int, 1),
+        "trajectory_every": at_least(int, 1),
+        "check_every": at_least(int, 1, none=True),
+        "smacof_tolerance": at_least(float, 0),
+        "tolerance": at_least(float, 0),
+        "gradient_tolerance": at_least(float, 0),
+        "restart_noise": at_least(float, 0),
+        "confidence_eps": at_least(float, 0),
+        "fit_warning": at_least(float, 0),
+        "relative_power": at_least(float, 0),
+        "return_trajectory": as_type(bool),
+        "seed": as_type(int),
+    }
+
+    dim: int
+    init: str
+    potential: str
+    completion: str
+    line_search: str
+    dtype: torch.dtype
+    smacof_iterations: int
+    max_iter: int
+    likelihood_iterations: int
+    history_size: int
+    max_line_search: int
+    restarts: int
+    trajectory_every: int
+    check_every: int | None
+    smacof_tolerance: float
+    tolerance: float
+    gradient_tolerance: float
+    restart_noise: float
+    confidence_eps: float
+    fit_warning: float
+    relative_power: float
+    return_trajectory: bool
+    seed: int
+
+    def __init__(
+        self,
+        dim: int = 2,
+        init: str = "mds",
+        completion: str = "shortest_path",
+        smacof_iterations: int = 0,
+        smacof_tolerance: float = 1e-4,
+        max_iter: int = 300,
+        tolerance: float = 1e-6,
+        gradient_tolerance: float = 1e-9,
+        history_size: int = 10,
+        max_line_search: int = 20,
+        line_search: str = "strong_wolfe",
+        restarts: int = 1,
+        restart_noise: float = 0.3,
+        potential: str = "relative",
+        relative_power: float = 1.0,
+        likelihood_iterations: int = 50,
+        confidence_eps: float = 1e-3,
+        trajectory_every: int = 5,
+        return_trajectory: bool = False,
+        seed: int = 0,
+        dtype: str = "float64",
+        fit_warning: float = 0.1,
+        check_every: int | None = None,
+    ) -> None:
+        given = locals()
+        for name, rule in self._parameter_constraints.items():
+            setattr(self, name, rule(f"folder.{name}", given[name]))
+
+    # ------------------------------------------------------------------ entry point
+
+    def __call__(
+        self,
+        distances: Tensor | None,
+        mask: Tensor,
+        weights: Tensor | None = None,
+        probabilities: Tensor | None = None,
+        bin_edges: Tensor | None = None,
+        return_trajectory: bool | None = None,
+    ) -> FoldResult:
+        """Fold a padded batch.
+
+        Args:
+            distances: [B, N, N] target distances (may be None with the
+                distogram potential: the expected distances are used)
+            mask: [B, N] True where a point exists (real points may sit anywhere)
+            weights: [B, N, N] per-pair weights, 0 = unknown pair; all real pairs
+                weigh 1 if None
+            probabilities: [B, N, N, K] distogram probabilities (potential "distogram")
+            bin_edges: [K + 1] increasing edges of the distogram bins
+            return_trajectory: keep a trajectory; the config's choice if None
+        Returns:
+            FoldResult with positions [B, N, dim], loss [B], trajectory or None
+        """
+        keep_trajectory = self.return_trajectory if return_trajectory is None else return_trajectory
+        reference = distances if distances is not None else probabilities
+        if reference is None:
+            raise ValueError("distances is None; give distances or distogram probabilities")
+        if mask.dim() != 2:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected [B, N]")
+        device, out_dtype = reference.device, reference.dtype
+        if not out_dtype.is_floating_point:
+            out_dtype = self.dtype
+        mask = mask.to(device=device, dtype=torch.bool)
+        batch, num = mask.shape
+        pairs = pair_mask(mask)
+        base_weights = pairs.to(self.dtype)
+        if weights is not None:
+            self._check_shape("weights", weights, (batch, num, num))
+            weights = weights.to(device=device, dtype=self.dtype)
+            bad = (weights < 0) | ~torch.isfinite(weights)
+            if bool(bad.any()):
+                where = tuple(bad.nonzero()[0].tolist())
+                raise ValueError(
+                    f"weights{list(where)} is {float(weights[where]):g}; weights must be "
+                    "finite and >= 0 (0 = unknown pair)"
+                )
+            base_weights = base_weights * (0.5 * weights + 0.5 * weights.transpose(-1, -2))
+
+        likelihood = None
+        fit_weights = base_weights
+        if self.potential == "distogram":
+            if probabilities is None or bin_edges is None:
+                raise ValueError("potential 'distogram' needs probabilities and bin_edges")
+            targets, fit_weights, log_probabilities, centres = distogram_targets(
+                probabilities,
+                bin_edges,
+                base_weights,
+                (batch, num),
+                self.dtype,
+                self.confidence_eps,
+            )
+            if distances is not None:
+                self._check_shape("distances", distances, (batch, num, num))
+                targets = distances.to(device=device, dtype=self.dtype)
+        else:
+            if distances is None:
+                raise ValueError(f"potential {self.potential!r} needs distances; got None")
+            self._check_shape("distances", distances, (batch, num, num))
+            targets = distances.to(device=device, dtype=self.dtype)
+        known = fit_weights > 0
+        bad = known & (~torch.isfinite(targets) | (targets < 0))
+        if bool(bad.any()):
+            where = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"distances{list(where)} is {float(targets[where]):g}; distances of known "
+                "real pairs must be finite and >= 0 (give unknown pairs weight 0)"
+            )
+        targets = torch.where(known, targets, 0.0)
+        # Halves first: the sum of two distances near float64's max overflows.
+        targets = 0.5 * targets + 0.5 * targets.transpose(-1, -2)
+
+        # Work in units where the weighted RMS target distance is 1, so that the
+        # tolerances mean the same for every problem and squares neither overflow
+        # nor underflow (distances from 1e-200 to 1e300 fold alike).
+        scale = problem_scale(targets, fit_weights)
+        targets = targets / scale[:, None, None]
+        report_weights = fit_weights
+        if self.potential == "relative":
+            fit_weights = relative_weights(targets, fit_weights, self.relative_power)
+
+        starts = initial_positions(  # [R * B, N, dim]
+            targets,
+            known,
+            mask,
+            dim=self.dim,
+            init=self.init,
+            completion=self.completion,
+            restarts=self.restarts,
+            restart_noise=self.restart_noise,
+            seed=self.seed,
+            dtype=self.dtype,
+        )
+        repeat = self.restarts
+        stress = _Stress(
+            _repeat(targets, repeat),
+            _repeat(fit_weights, repeat),
+            _repeat(mask, repeat),
+            uniform=bool((fit_weights == pairs.to(self.dtype)).all()),
+        )
+        if self.potential == "distogram":
+            likelihood = _DistogramLikelihood(
+                log_probabilities,
+                (centres[None, :] / scale[:, None]).repeat(repeat, 1),
+                _repeat(base_weights, repeat),
+                owner=torch.arange(batch, device=device).repeat(repeat),
+            )
+        trajectory: list[Tensor] | None = [starts.clone()] if keep_trajectory else None
+
+        positions = smacof(
+            starts,
+            stress,
+            trajectory,
+            iterations=self.smacof_iterations,
+            tolerance=self.smacof_tolerance,
+            check_every=self.check_every,
+            trajectory_every=self.trajectory_every,
+        )
+        if self.potential == "relative":
+            # Plain squared error first (loosely), then the relative weights from there:
+            # from the MDS start alone the relative potential stopped in a local
+            # minimum more often on masked exact inputs (10-point chains, 30% unknown:
+            # 33 of 121 in 2D, 42 in 3D, against 22 and 36), and under noise the two
+            # stages fold as accurately (minifold.bench.folding, families).
+            plain = _Stress(
+                _repeat(targets, repeat),
+                _repeat(report_weights, repeat),
+                _repeat(mask, repeat),
+                uniform=False,
+            )
+            positions, _ = self._lbfgs(positions, plain, trajectory, tolerance=STAGE_TOLERANCE)
+        positions, loss = self._lbfgs(positions, stress, trajectory)
+        if likelihood is not None:
+            # The confidence-weighted fit above puts every pair near its likely
+            # distance; the likelihood then settles them between bins.
+            # Piecewise-linear in the distances, so its gradient jumps at bin centres:
+            # a curvature test rarely passes there, and plain Armijo steps serve better.
+            positions, loss = self._lbfgs(
+                positions,
+                likelihood,
+                trajectory,
+                line_search="armijo",
+                max_iter=self.likelihood_iterations,
+            )
+
+        # Keep each problem's best start; ties go to the first (the plain start).
+        best = loss.reshape(repeat, batch).argmin(0)
+        pick = best * batch + torch.arange(batch, device=device)
+        unit = scale[:, None, None]
+        loss = loss[pick]
+        if self.potential == "mse":
+            loss = loss * scale**2  # squared input units (inf beyond ~1e154)
+        # Centred in working units, then scaled: sums of coordinates near float64's
+        # max would overflow.
+        chosen = center(positions[pick], mask)
+        fit_error = relative_fit_error(chosen, targets, report_weights)
+        self._warn_poor_fit(fit_error)
+        if trajectory is not None:
+            trajectory = [(center(frame[pick], mask) * unit).to(out_dtype) for frame in trajectory]
+        return FoldResult(
+            positions=(chosen * unit).to(out_dtype),
+            loss=loss.to(out_dtype),
+            trajectory=trajectory,
+            fit_error=fit_error.to(out_dtype),
+        )
+
+    def _warn_poor_fit(self, fit_error: Tensor) -> None:
+        """Log a warning naming the problems whose known pairs fit worse than `fit_warning`."""
+        if self.fit_warning <= 0 or fit_error.numel() == 0:
+            return
+        poor = fit_error > self.fit_warning
+        count = int(poor.sum())
+        if count:
+            worst = int(fit_error.argmax())
+            log.warning(
+                "%d of %d problems fit their known distances worse than folder.fit_warning=%g "
+                "(relative RMS error; worst %.3g, problem %d). Expected for noisy distances; "
+                "for exact ones it is a local minimum: raise folder.restarts",
+                count,
+                len(fit_error),
+                self.fit_warning,
+                float(fit_error[worst]),
+                worst,
+            )
+
+    @staticmethod
+    def _check_shape(name: str, value: Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {shape}")
+
+    def _lbfgs(
+        self,
+        positions: Tensor,
+        objective: Objective,
+        trajectory: Trajectory | None,
+        line_search: str | None = None,
+        max_iter: int | None = None,
+        tolerance: float | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """`optimize.lbfgs` with this folder's settings, any of three overridden.
+
+        Returns:
+            positions [P, N, dim] and loss [P]
+        """
+        return lbfgs(
+            positions,
+            objective,
+            trajectory,
+            max_iter=self.max_iter if max_iter is None else max_iter,
+            tolerance=self.tolerance if tolerance is None else tolerance,
+            gradient_tolerance=self.gradient_tolerance,
+            history_size=self.history_size,
+            max_line_search=self.max_line_search,
+            line_search=line_search or self.line_search,
+            check_every=self.check_every,
+            trajectory_every=self.trajectory_every,
+        )
+
+
+def _repeat(value: Tensor, times: int) -> Tensor:
+    """`value` stacked `times` times along the first axis (itself, not a copy, for 1)."""
+    return value if times == 1 else value.repeat(times, *([1] * (value.dim() - 1)))
