@@ -15,6 +15,13 @@ export WANDB_SILENT ?= true
 # Bugs keep their full traceback either way, so it is not set here.
 
 ARGS ?=
+# Which torch `make install` puts in first. torch==2.13.0 from pip's configured
+# sources is the CPU build on this project's machines (a file on their disk); on a
+# plain Linux machine PyPI's torch==2.13.0 is a CUDA build. Choose explicitly:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu   # CPU build from PyTorch's index
+#   make install TORCH="torch==2.13.0+cu128" TORCH_INDEX=https://download.pytorch.org/whl/cu128   # a chosen CUDA build
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-all bench sweep report wandb-sync lint clean
@@ -25,8 +32,8 @@ help: ## show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	# CPU build first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q "torch==2.13.0"
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
 	$(PY) -m pip install -q -e '.[dev,sweep]'
 	touch $(STAMP)
 

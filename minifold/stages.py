@@ -615,9 +615,20 @@ def fold_split(context: RunContext, model, name: str) -> FoldedSplit:
 
 def stage_fold(context: RunContext) -> None:
     """Predict distances for every test split (`test`, then the longer ones) and fold them."""
+    from minifold.console import progress
+
     model = load_model(context)
     datamodule = get_datamodule(context)
-    context.folded = {name: fold_split(context, model, name) for name in datamodule.test_splits}
+    splits = list(datamodule.test_splits)
+    enabled = bool(OmegaConf.select(context.cfg, "extras.progress", default=True))
+    context.folded = {}
+    # one batched fold per split, longest last: the bar says which split is folding
+    with progress(enabled) as bar:
+        task = bar.add_task("fold", total=len(splits))
+        for name in splits:
+            bar.update(task, description=f"fold {name}")
+            context.folded[name] = fold_split(context, model, name)
+            bar.advance(task)
     test = context.folded["test"]
     context.predictions, context.fold_result = test.predictions, test.fold_result
 
