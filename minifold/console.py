@@ -11,9 +11,11 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -138,3 +140,50 @@ def progress(enabled: bool = True) -> Iterator[Progress]:
     )
     with bar:
         yield bar
+
+
+# ------------------------------------------------------------------------------ CLI
+# Set to 1 by the user: a ConfigError shows its traceback too (as Hydra's own variable does).
+FULL_ERROR = "HYDRA_FULL_ERROR"
+SHOW_TRACEBACK = "_MINIFOLD_SHOW_TRACEBACK"
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def leave_on_config_error(error: ValueError) -> NoReturn:
+    """Inside a Hydra main, after the job logged `error` (a ConfigError) as one line.
+
+    One run: exit with 1 here, before Hydra prints the traceback. A sweep job (or
+    HYDRA_FULL_ERROR=1): re-raise, so Hydra marks the job failed and the sweep goes on.
+    """
+    if os.environ.get(SHOW_TRACEBACK) == "1" or _multirun():
+        raise error
+    raise SystemExit(1) from None
+
+
+def run_cli(hydra_main: Callable[[], object]) -> None:
+    """Call a `@hydra.main` function as a CLI: a person's mistake (ConfigError, or a config
+    Hydra cannot compose) prints one line and exits with 1; a bug keeps its traceback.
+    HYDRA_FULL_ERROR=1 shows every traceback."""
+    from hydra.errors import CompactHydraException
+
+    from minifold.errors import ConfigError
+
+    show = os.environ.get(FULL_ERROR) == "1"
+    os.environ[SHOW_TRACEBACK] = "1" if show else "0"
+    # Exceptions come back here rather than to Hydra's trimmed-traceback printer.
+    os.environ[FULL_ERROR] = "1"
+    try:
+        hydra_main()
+    except (ConfigError, CompactHydraException) as error:
+        if show:
+            raise
+        cause = error.__cause__
+        extra = f": {cause}" if isinstance(error, CompactHydraException) and cause else ""
+        print(f"error: {error}{extra}".replace("\n", " "), file=sys.stderr)
+        sys.exit(1)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from minifold.atomic import atomic_path, write_json, write_text
 from minifold.naming import RunIdentity, run_name
 
-log = logging.getLogger("minifold")
+log = logging.getLogger(__name__)
 
 # Which way is better for each metric (the part after `phase/`, `_median` dropped).
 METRIC_DIRECTIONS = {
@@ -155,38 +155,43 @@ def plot_training_curves(history: list[dict], path: Path | None = None) -> Figur
     return figure
 
 
-def folding_gif(context, case: dict, path: Path) -> None:
-    """Animate the folder on one case, starting from the reference's random start.
+@dataclass(frozen=True)
+class FoldingMovie:
+    """A folder's trajectory on one case, the frames of a folding GIF."""
 
-    The MDS start is already close to the answer, so a GIF of the real run would
-    barely move; from a random start the animation shows the optimiser at work.
+    frames: list[torch.Tensor]  # each [N, dim], every `every` iterations
+    true_positions: torch.Tensor  # [N, dim] the true shape, drawn faintly behind
+    target: torch.Tensor  # [N, N] the predicted distances the folder fits
+    every: int  # folder iterations between frames
+
+
+def folding_gif(movie: FoldingMovie, path: Path) -> None:
+    """Animate the folder on one case.
+
     Each frame's title gives the iteration and the mean squared error between the
     frame's distances and the predicted ones (the potential, unweighted).
     """
     from minifold import viz
-    from minifold.stages import fold_predictions
 
-    result = fold_predictions(context, case, trajectory=True, init="random", restarts=1)
-    frames = [frame[0] for frame in result.trajectory]
-    target = case["distances"][0].to(torch.float64)
-    pairs = ~torch.eye(len(target), dtype=torch.bool)
+    target = movie.target.to(torch.float64)
+    pairs = ~torch.eye(len(target), dtype=torch.bool, device=target.device)
     losses = [
         float(
             (torch.cdist(f.to(torch.float64), f.to(torch.float64)) - target)[pairs].square().mean()
         )
-        for f in frames
+        for f in movie.frames
     ]
-    every = int(getattr(context.cfg.folder, "trajectory_every", 1) or 1)
     viz.folding_gif(
-        frames,
+        movie.frames,
         path,
-        true=case["positions"][0],
+        true=movie.true_positions,
         losses=losses,
-        iterations=[i * every for i in range(len(frames))],
+        iterations=[i * movie.every for i in range(len(movie.frames))],
     )
 
 
-def _pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
+def pick_cases(rows: list[dict], key: str = "lddt") -> dict[str, int]:
+    """Indices of the best, median and worst rows by `key`."""
     ordered = sorted(range(len(rows)), key=lambda i: rows[i][key])
     return {"best": ordered[-1], "median": ordered[len(ordered) // 2], "worst": ordered[0]}
 
@@ -300,9 +305,8 @@ CAPTIONS = {
 }
 
 
-def _draw_pictures(context, bar, task) -> dict[str, str]:
+def _draw_pictures(context, movie: FoldingMovie | None, bar, task) -> dict[str, str]:
     from minifold import viz
-    from minifold.stages import select_case
 
     out = context.out_dir
     pictures = dict(context.pictures)
@@ -314,14 +318,14 @@ def _draw_pictures(context, bar, task) -> dict[str, str]:
     if not (context.per_sequence and context.predictions is not None):
         return pictures
     predictions, folded = context.predictions, context.fold_result.positions
-    cases = _pick_cases(context.per_sequence)
+    cases = pick_cases(context.per_sequence)
     for name, index in cases.items():
         row = context.per_sequence[index]
         length = row["length"]
         path = out / f"fold_{name}.png"
         viz.plot_overlay(
             folded[index, :length],
-            predictions["positions"][index, :length],
+            predictions.positions[index, :length],
             None,
             path,
             title=f"{name}: lDDT {row['lddt']:.3f}, RMSD/Rg {row['rmsd_over_rg']:.3f}",
@@ -331,22 +335,28 @@ def _draw_pictures(context, bar, task) -> dict[str, str]:
         bar.advance(task)
     median = cases["median"]
     length = context.per_sequence[median]["length"]
-    true_positions = predictions["positions"][median, :length]
+    true_positions = predictions.positions[median, :length]
     viz.plot_distance_heatmaps(
         torch.cdist(true_positions, true_positions),
-        predictions["distances"][median, :length, :length],
+        predictions.distances[median, :length, :length],
         out / "distances_median.png",
     )
     pictures["distances_median"] = "distances_median.png"
     bar.advance(task)
-    folding_gif(context, select_case(predictions, median), out / "folding_median.gif")
-    pictures["folding_median"] = "folding_median.gif"
+    if movie is not None:
+        folding_gif(movie, out / "folding_median.gif")
+        pictures["folding_median"] = "folding_median.gif"
     bar.advance(task)
     return pictures
 
 
-def write_run_report(context) -> None:
-    """Draw the run's pictures, write report.md and report.html, send the results to every logger."""
+def write_run_report(context, movie: FoldingMovie | None = None) -> None:
+    """Draw the run's pictures, write report.md and report.html, send the results to every logger.
+
+    Args:
+        context: a minifold.stages.RunContext, read only (its config, data, results)
+        movie: the folder's trajectory on the median test case (folding_median.gif)
+    """
     from minifold.console import progress
 
     started = time.perf_counter()
@@ -354,7 +364,7 @@ def write_run_report(context) -> None:
     enabled = bool(OmegaConf.select(context.cfg, "extras.progress", default=True))
     with progress(enabled) as bar:
         task = bar.add_task("report", total=8)
-        pictures = _draw_pictures(context, bar, task)
+        pictures = _draw_pictures(context, movie, bar, task)
         context.pictures = pictures
         write_json(out / "pictures.json", pictures)
 
@@ -500,33 +510,32 @@ def _wandb_extras(context, run, pictures: dict[str, str]) -> None:
         run.summary[key] = value
 
 
-def write_sequence_report(context, sequence: str) -> None:
-    """Shape, folding GIF and metrics of one sequence folded from its predicted distances."""
-    from minifold import viz
-    from minifold.metrics import structure_metrics
+def write_sequence_report(
+    out: Path,
+    sequence: str,
+    folded: torch.Tensor,
+    true: torch.Tensor,
+    metrics: dict[str, float],
+    movie: FoldingMovie,
+) -> None:
+    """Shape, folding GIF and metrics of one sequence folded from its predicted distances.
 
-    out = context.out_dir
-    predictions, result = context.predictions, context.fold_result
-    values = structure_metrics(
-        result.positions.to(predictions["positions"].dtype),
-        predictions["positions"],
-        predictions["mask"],
-        pred_distances=predictions["distances"],
-    )
-    metrics = {k: float(v[0]) for k, v in values.items()}
+    Args:
+        out: the run dir
+        sequence: the letters
+        folded: [N, dim] the folded positions
+        true: [N, dim] the generator's shape of the sequence
+        metrics: structure metrics of the fold against the true shape, by name
+        movie: the folder's trajectory on the sequence (folding.gif)
+    """
+    from minifold import viz
+
     title = f"{sequence[:24]}{'…' if len(sequence) > 24 else ''}: lDDT {metrics['lddt']:.3f}, RMSD {metrics['rmsd']:.3f}"
-    viz.plot_overlay(
-        result.positions[0],
-        predictions["positions"][0],
-        None,
-        out / "shape.png",
-        title=title,
-        sequence=sequence,
-    )
-    folding_gif(context, predictions, out / "folding.gif")
+    viz.plot_overlay(folded, true, None, out / "shape.png", title=title, sequence=sequence)
+    folding_gif(movie, out / "folding.gif")
     pictures = {"shape": "shape.png", "folding": "folding.gif"}
     with atomic_path(out / "positions.npy") as temporary:
-        np.save(temporary, result.positions[0].cpu().numpy())
+        np.save(temporary, folded.cpu().numpy())
     write_json(
         out / "sequence.json", {"sequence": sequence, "metrics": metrics, "pictures": pictures}
     )
@@ -536,7 +545,6 @@ def write_sequence_report(context, sequence: str) -> None:
     )
     lines += ["", "![shape](shape.png)", "", "![folding](folding.gif)", ""]
     write_markdown_and_html(out, "report", "\n".join(lines), f"minifold: {sequence}")
-    context.metrics.update({f"sequence/{k}": v for k, v in metrics.items()})
     log.info(
         "sequence %s: %s -> %s",
         sequence,

@@ -1,12 +1,21 @@
-"""The pipeline's stages as plain functions over a RunContext: generate, train, fold, evaluate, report."""
+"""The pipeline's stages as plain functions over a RunContext: generate, train, fold, evaluate, report.
+
+Also what every job shares, whichever entry point starts it (`minifold.run`,
+`minifold.predict`): checking the plan before any work (`validate`), setting up
+(`start`) and closing the run whether it fails or not (`guarded`).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -16,8 +25,19 @@ from rich.console import Console
 from rich.table import Table
 
 from minifold.atomic import AtomicCheckpointIO, write_json, write_text
+from minifold.errors import ConfigError
+from minifold.inference import Predictions, predict_batches
 
-log = logging.getLogger("minifold")
+if TYPE_CHECKING:  # types only: these modules load Lightning's trainer, the models, matplotlib
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import Logger
+
+    from minifold.data.datamodule import ShapeDataModule
+    from minifold.folding import FoldResult
+    from minifold.models.module import DistanceModule
+    from minifold.report import FoldingMovie
+
+log = logging.getLogger(__name__)
 console = Console()
 
 METRIC_KEYS = ("distance_mae", "lddt", "rmsd", "rmsd_over_rg", "gdt_ts", "tm_score", "drmsd")
@@ -40,14 +60,18 @@ class FoldedSplit:
 
     name: str
     factor: int
-    predictions: dict
-    fold_result: Any
+    predictions: Predictions
+    fold_result: FoldResult
     predict_seconds: float
     fold_seconds: float
 
     @property
     def count(self) -> int:
-        return int(self.predictions["mask"].shape[0])
+        return self.predictions.count
+
+
+# One per-sequence row of metrics.json: index, sequence, length and each metric.
+Row = dict[str, Any]
 
 
 @dataclass
@@ -56,24 +80,28 @@ class RunContext:
 
     cfg: DictConfig
     out_dir: Path
-    datamodule: Any = None
-    model: Any = None
-    trainer: Any = None
-    loggers: list = field(default_factory=list)
-    train_summary: dict = field(default_factory=dict)
-    predictions: dict | None = None
-    fold_result: Any = None
+    datamodule: ShapeDataModule | None = None
+    model: DistanceModule | None = None
+    trainer: Trainer | None = None
+    loggers: list[Logger] = field(default_factory=list)
+    # epochs, steps, seconds, parameters, best checkpoint path, best val and test metrics
+    train_summary: dict[str, Any] = field(default_factory=dict)
+    # the test split's predictions and their folds (or the one sequence's)
+    predictions: Predictions | None = None
+    fold_result: FoldResult | None = None
     # every test split folded (`test`, then the longer ones: `test_x2`, ...), by name
     folded: dict[str, FoldedSplit] = field(default_factory=dict)
     # per-sequence rows of the longer test splits (those of `test` are per_sequence)
-    per_sequence_by_split: dict[str, list[dict]] = field(default_factory=dict)
+    per_sequence_by_split: dict[str, list[Row]] = field(default_factory=dict)
     # each test split's factor, size, length range and predict / fold seconds
-    length_splits: dict[str, dict] = field(default_factory=dict)
-    per_sequence: list[dict] = field(default_factory=list)
+    length_splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_sequence: list[Row] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # picture key -> file name in out_dir
     pictures: dict[str, str] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    # each epoch's logged train/ and val/ metrics, with epoch and step
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -89,7 +117,7 @@ class RunContext:
                 return logger.experiment
         return None
 
-    def ensure_loggers(self) -> list:
+    def ensure_loggers(self) -> list[Logger]:
         if not self.loggers and self.cfg.get("logger"):
             self.loggers = build_loggers(self.cfg)
         return self.loggers
@@ -153,7 +181,7 @@ def record_run(context: RunContext, failed: bool) -> None:
 WANDB_SUMMARIES = {"val/distance_mae": "min", "val/loss": "min", "val/lddt_distances": "max"}
 
 
-def build_loggers(cfg: DictConfig) -> list:
+def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Instantiate every configured logger and log the config to it once.
 
     The logged config is the resolved config plus `choices` (Hydra's config-group
@@ -192,7 +220,7 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
     """Instantiate the configured callbacks; a learning-rate monitor needs a logger."""
     callbacks = []
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
@@ -205,8 +233,84 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
     return callbacks
 
 
+# ------------------------------------------------------------------------------- job
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (BLAS follows OMP_NUM_THREADS set by the Makefile)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject settings that cannot work before any work is done (see minifold.validation):
+    the config alone, then the checkpoint against it, then the objects it builds."""
+    from minifold import validation
+
+    validation.check_config(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    fold_input = cfg.get("fold", {}).get("input")
+    hparams = None
+    if ckpt_path and not fold_input:
+        hparams = read_checkpoint(ckpt_path)
+        check_checkpoint_matches(hparams, cfg, ckpt_path)
+    if cfg.get("sequence") is not None:
+        check_sequence(cfg, hparams)
+    head = hparams["head"] if hparams else cfg.get("model", {}).get("head", {})
+    validation.check_head_and_folder(cfg, (head or {}).get("_target_"))
+    trains = "train" in cfg.stages and cfg.get("sequence") is None and not fold_input
+    validation.check_objects(cfg, build_model=trains)
+
+
+def start(cfg: DictConfig) -> RunContext:
+    """Check the plan, then set threads, precision and seeds, save the config: a new run.
+
+    A setting that cannot work raises ConfigError before any work, logged as one line.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        log.error("%s (run dir: %s)", error, out_dir)
+        raise
+    set_threads(cfg.get("threads"))
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(str(cfg.matmul_precision))
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print_config(cfg, out_dir)
+    return RunContext(cfg=cfg, out_dir=out_dir)
+
+
+@contextmanager
+def guarded(context: RunContext) -> Iterator[RunContext]:
+    """Close the run (loggers, runs.tsv) when its block ends; log a failure with the run dir.
+
+    A person's mistake found by a stage (e.g. a matrix file's content) is one line; any
+    other exception is logged with its traceback. Either is re-raised.
+    """
+    try:
+        yield context
+    except ConfigError as error:
+        log.error("%s (run dir: %s)", error, context.out_dir)
+        context.close(failed=True)
+        raise
+    except BaseException:
+        log.exception("run failed; its output directory is %s", context.out_dir)
+        context.close(failed=True)
+        raise
+    context.close(failed=False)
+
+
+def optimized_metric(context: RunContext) -> float | None:
+    """`cfg.optimized_metric` of a finished run (what a sweeper optimises), None if absent or NaN."""
+    value = context.metrics.get(context.cfg.get("optimized_metric") or "")
+    return None if value is None or math.isnan(value) else float(value)
+
+
 # -------------------------------------------------------------------------- generate
-def get_datamodule(context: RunContext):
+def get_datamodule(context: RunContext) -> ShapeDataModule:
     if context.datamodule is None:
         context.datamodule = instantiate(context.cfg.data)
         context.datamodule.prepare_data()
@@ -289,7 +393,6 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     Loads with `weights_only=True` (minifold checkpoints hold plain types and tensors),
     so a random or foreign file is refused without running any of its code.
     """
-    from minifold.errors import ConfigError
 
     path = Path(ckpt_path)
     if not path.is_file():
@@ -391,7 +494,6 @@ def check_checkpoint_matches(hparams, cfg: DictConfig, ckpt_path: str) -> None:
     each key with the checkpoint's value and the config's (dim, alphabet, the backbone and
     its sizes, the head and its bins). Accepts a model (its hparams) or a hparams dict.
     """
-    from minifold.errors import ConfigError
 
     hparams = dict(getattr(hparams, "hparams", hparams))
     differences = checkpoint_differences(hparams, cfg)
@@ -404,9 +506,8 @@ def check_checkpoint_matches(hparams, cfg: DictConfig, ckpt_path: str) -> None:
         )
 
 
-def load_model(context: RunContext):
+def load_model(context: RunContext) -> DistanceModule:
     """The trained model of this run, or the one in cfg.ckpt_path (checked against the config)."""
-    from minifold.errors import ConfigError
 
     if context.model is not None:
         return context.model
@@ -496,90 +597,68 @@ def stage_train(context: RunContext) -> None:
 
 
 # ------------------------------------------------------------------------------ fold
-def pad_to(tensor: torch.Tensor, length: int, dims: tuple[int, ...]) -> torch.Tensor:
-    """Zero-pad (or cut) the given dims of `tensor` to `length`."""
-    pad: list[int] = []
-    for dim in reversed(range(tensor.dim())):
-        pad += [0, length - tensor.shape[dim] if dim in dims else 0]
-    return torch.nn.functional.pad(tensor, pad)
+def confidence_scale(predictions: Predictions) -> torch.Tensor:
+    """The distance scale of `folder.confidence_eps` for predicted standard deviations.
 
+    The distogram's bin range, as the distogram potential uses; for a model that gives
+    standard deviations without bins, each problem's largest predicted distance.
 
-@torch.no_grad()
-def predict_batches(model, batches) -> dict[str, torch.Tensor]:
-    """Run the model over batches; concatenate its outputs, N = the longest sequence.
-
-    Batches may come padded wider than their sequences (the loaders pad to the
-    split's full width); the merged outputs are cut (or padded) to the longest.
+    Returns:
+        [] or [B]
     """
-    model.eval()
-    outputs = []
-    for batch in batches:
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        out = model.predict_step(batch, 0)
-        out = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        out.update(positions=batch["positions"], mask=batch["mask"], tokens=batch["tokens"])
-        outputs.append(out)
-    longest = max(int(o["mask"].sum(-1).max()) for o in outputs)
-    merged: dict[str, torch.Tensor] = {}
-    for key in outputs[0]:
-        if key in SHARED_KEYS:
-            merged[key] = outputs[0][key]
-            continue
-        dims = (1, 2) if key in PAIR_KEYS else (1,)
-        parts = [pad_to(out[key], longest, dims) for out in outputs]
-        merged[key] = torch.cat(parts)
-    return merged
-
-
-PAIR_KEYS = ("distances", "std", "probabilities")
-SHARED_KEYS = ("bin_centers", "bin_edges")
-
-
-def select_case(predictions: dict, index: int) -> dict:
-    """One sequence of a prediction batch, as a batch of one trimmed to its length."""
-    length = int(predictions["mask"][index].sum())
-    case = {}
-    for key, value in predictions.items():
-        if key in SHARED_KEYS:
-            case[key] = value
-        elif key in PAIR_KEYS:
-            case[key] = value[index : index + 1, :length, :length]
-        elif value.dim() >= 2:
-            case[key] = value[index : index + 1, :length]
-        else:
-            case[key] = value[index : index + 1]
-    return case
+    if predictions.bin_edges is not None:
+        return predictions.bin_edges[-1] - predictions.bin_edges[0]
+    return predictions.distances.amax((1, 2))
 
 
 def fold_predictions(
-    context: RunContext, predictions: dict, trajectory: bool = False, **folder_overrides: Any
-):
+    folder_cfg: DictConfig,
+    predictions: Predictions,
+    trajectory: bool = False,
+    **folder_overrides: Any,
+) -> FoldResult:
     """Fold every predicted distance matrix in one batched call of the configured Folder.
 
     A distogram head's probabilities feed the distogram potential when the folder
     asks for it; otherwise its per-pair standard deviations weigh the squared error
-    (uncertain pairs count less).
+    (uncertain pairs count less, by the same `confidence_weights` as the potential's).
     """
-    folder = instantiate(context.cfg.folder, **folder_overrides)
-    kwargs = {}
+    from minifold.folding import confidence_weights
+
+    folder = instantiate(folder_cfg, **folder_overrides)
+    kwargs: dict[str, torch.Tensor] = {}
     if folder.potential == "distogram":
-        if "probabilities" not in predictions:
+        if predictions.probabilities is None or predictions.bin_edges is None:
             raise ValueError(
                 "folder.potential=distogram needs distogram probabilities; "
                 "train with model/head=distogram or use folder=lbfgs"
             )
-        kwargs.update(
-            probabilities=predictions["probabilities"], bin_edges=predictions["bin_edges"]
+        kwargs.update(probabilities=predictions.probabilities, bin_edges=predictions.bin_edges)
+    elif predictions.std is not None:
+        mask = predictions.mask
+        pairs = (mask[:, :, None] & mask[:, None, :]).to(predictions.std.dtype)
+        kwargs["weights"] = confidence_weights(
+            predictions.std**2, pairs, folder.confidence_eps, confidence_scale(predictions)
         )
-    elif "std" in predictions:
-        weights = 1.0 / (predictions["std"] ** 2 + folder.confidence_eps)
-        pairs = predictions["mask"][:, :, None] & predictions["mask"][:, None, :]
-        scale = (weights * pairs).sum((1, 2), keepdim=True) / pairs.sum(
-            (1, 2), keepdim=True
-        ).clamp_min(1)
-        kwargs["weights"] = weights * pairs / scale
     return folder(
-        predictions["distances"], predictions["mask"], return_trajectory=trajectory, **kwargs
+        predictions.distances, mask=predictions.mask, return_trajectory=trajectory, **kwargs
+    )
+
+
+def fold_trajectory(folder_cfg: DictConfig, case: Predictions) -> FoldingMovie:
+    """The folder at work on one case (a batch of one), from the reference's random start.
+
+    The MDS start is already close to the answer, so the real run would barely move;
+    from a random start the frames show the optimiser at work.
+    """
+    from minifold.report import FoldingMovie
+
+    result = fold_predictions(folder_cfg, case, trajectory=True, init="random", restarts=1)
+    return FoldingMovie(
+        frames=[frame[0] for frame in result.trajectory or []],
+        true_positions=case.positions[0],
+        target=case.distances[0],
+        every=int(folder_cfg.get("trajectory_every", 1) or 1),
     )
 
 
@@ -589,7 +668,7 @@ def fold_split(context: RunContext, model, name: str) -> FoldedSplit:
     started = time.perf_counter()
     predictions = predict_batches(model, datamodule.split_loader(name))
     predicted = time.perf_counter()
-    fold_result = fold_predictions(context, predictions)
+    fold_result = fold_predictions(context.cfg.folder, predictions)
     folded = FoldedSplit(
         name=name,
         factor=datamodule.test_splits[name],
@@ -598,7 +677,7 @@ def fold_split(context: RunContext, model, name: str) -> FoldedSplit:
         predict_seconds=predicted - started,
         fold_seconds=time.perf_counter() - predicted,
     )
-    lengths = predictions["mask"].sum(-1)
+    lengths = predictions.lengths
     log.info(
         "%s: predicted %d sequences (lengths %d..%d) in %.2f s, folded them in %.2f s "
         "(%.0f sequences/s)",
@@ -634,7 +713,9 @@ def stage_fold(context: RunContext) -> None:
 
 
 # -------------------------------------------------------------------------- evaluate
-def summarise(rows: list[dict], keys=METRIC_KEYS, prefix: str = "test/") -> dict[str, float]:
+def summarise(
+    rows: list[Row], keys: tuple[str, ...] = METRIC_KEYS, prefix: str = "test/"
+) -> dict[str, float]:
     """Mean and median of each metric over the rows: `test/lddt`, `test/lddt_median`, ..."""
     summary = {}
     for key in keys:
@@ -645,20 +726,25 @@ def summarise(rows: list[dict], keys=METRIC_KEYS, prefix: str = "test/") -> dict
     return summary
 
 
-def evaluate_split(context: RunContext, folded: FoldedSplit) -> list[dict]:
-    """Structure metrics of every folded sequence of one split: one row per sequence."""
+def score(predictions: Predictions, fold_result: FoldResult) -> dict[str, torch.Tensor]:
+    """Structure metrics of each folded sequence against its true shape: name -> [B]."""
     from minifold.metrics import structure_metrics
 
-    predictions = folded.predictions
-    mask = predictions["mask"]
-    values = structure_metrics(
-        folded.fold_result.positions.to(predictions["positions"].dtype),
-        predictions["positions"],
-        mask,
-        pred_distances=predictions["distances"],
+    return structure_metrics(
+        fold_result.positions.to(predictions.positions.dtype),
+        predictions.positions,
+        predictions.mask,
+        pred_distances=predictions.distances,
     )
+
+
+def evaluate_split(context: RunContext, folded: FoldedSplit) -> list[Row]:
+    """Structure metrics of every folded sequence of one split: one row per sequence."""
+    predictions = folded.predictions
+    mask = predictions.mask
+    values = score(predictions, folded.fold_result)
     alphabet = context.datamodule.generator.alphabet if context.datamodule else None
-    sequences = alphabet.decode(predictions["tokens"]) if alphabet else [""] * len(mask)
+    sequences = alphabet.decode(predictions.tokens) if alphabet else [""] * len(mask)
     rows = []
     for i in range(len(mask)):
         row = {"index": i, "sequence": sequences[i], "length": int(mask[i].sum())}
@@ -673,8 +759,9 @@ def stage_evaluate(context: RunContext) -> None:
     `test/<metric>` (and `_median`) summarise the test split; `test_x4/<metric>` the
     split of 4x the training lengths, and so on. metrics.json keeps every row.
     """
-    if context.fold_result is None:
+    if context.fold_result is None or context.predictions is None:
         stage_fold(context)
+    assert context.predictions is not None and context.fold_result is not None
     if not context.folded:  # a fold result made outside stage_fold: the test split alone
         context.folded["test"] = FoldedSplit(
             "test", 1, context.predictions, context.fold_result, float("nan"), float("nan")
@@ -712,9 +799,12 @@ def stage_evaluate(context: RunContext) -> None:
 
 # ---------------------------------------------------------------------------- report
 def stage_report(context: RunContext) -> None:
-    """Pictures, report.md and the W&B dashboard of this run."""
+    """Pictures, report.md and the W&B dashboard of this run.
+
+    The report draws what it is given; the folding GIF's trajectory (the median test
+    case folded again from a random start) is folded here.
+    """
     from minifold import report
-    from minifold.errors import ConfigError
 
     if not (context.per_sequence or context.train_summary or context.datamodule):
         # run() refuses such a plan before any work; this guards callers of the stage alone
@@ -722,17 +812,20 @@ def stage_report(context: RunContext) -> None:
             "the report has nothing to show: run it after generate, train or evaluate "
             "(e.g. stages=[generate,report])"
         )
-    report.write_run_report(context)
+    movie = None
+    if context.per_sequence and context.predictions is not None:
+        median = report.pick_cases(context.per_sequence)["median"]
+        movie = fold_trajectory(context.cfg.folder, context.predictions.select(median))
+    report.write_run_report(context, movie)
 
 
-def check_sequence(cfg: DictConfig, hparams: dict | None = None) -> None:
+def check_sequence(cfg: DictConfig, hparams: dict[str, Any] | None = None) -> None:
     """Refuse a sequence the generator or the model cannot take (letters, length), before work.
 
     `hparams`: the checkpoint's; its `max_len` caps the length unless it is None (a model
     that takes any length).
     """
     from minifold.data.alphabet import Alphabet
-    from minifold.errors import ConfigError
 
     sequence = cfg.get("sequence")
     try:
@@ -744,51 +837,6 @@ def check_sequence(cfg: DictConfig, hparams: dict | None = None) -> None:
         raise ConfigError(
             f"sequence has length {len(sequence)}; this model takes at most {max_len}"
         )
-
-
-def fold_sequence(context: RunContext) -> None:
-    """Predict, fold and draw one sequence given on the command line, beside its true shape."""
-    from minifold import report
-
-    cfg = context.cfg
-    check_sequence(cfg)  # before any work
-    generator = instantiate(cfg.generator)
-    sequence = str(cfg.sequence)
-    model = load_model(context)
-    check_sequence(cfg, dict(model.hparams))
-    tokens, mask = generator.alphabet.encode_batch([sequence])
-    positions = generator(tokens, mask)
-    distances = torch.cdist(positions, positions)
-    batch = dict(
-        tokens=tokens, mask=mask, positions=positions, distances=distances, lengths=mask.sum(-1)
-    )
-    predictions = predict_batches(model, [batch])
-    context.predictions = predictions
-    context.fold_result = fold_predictions(context, predictions)
-    report.write_sequence_report(context, sequence)
-
-
-def fold_matrix_file(context: RunContext) -> None:
-    """Fold a distance matrix from a .npy, .npz or .csv file (fold.input=path)."""
-    from minifold.errors import ConfigError
-    from minifold.folding import fold_file
-
-    folder = instantiate(context.cfg.folder)
-    try:
-        positions = fold_file(
-            context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir
-        )
-    except ValueError as error:  # fold_file refuses a bad file by name: the user's input
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"fold.input: {error}") from error
-    log.info(
-        "folded %s: %d points in %dD -> %s",
-        context.cfg.fold.input,
-        len(positions),
-        context.dim,
-        context.out_dir,
-    )
 
 
 # Short column names of the per-length table (the console is often 80 wide).

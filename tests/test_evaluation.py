@@ -68,15 +68,17 @@ def one_and_split(tmp_path_factory):
 def test_split_batches_merge_into_the_single_batch_predictions(one_and_split):
     one, split = one_and_split
     assert split.datamodule.batch_size == 4 and one.datamodule.batch_size == 11
-    assert one.predictions.keys() == split.predictions.keys()
     for key in ("mask", "tokens", "positions"):
-        assert torch.equal(split.predictions[key], one.predictions[key]), key
+        assert torch.equal(getattr(split.predictions, key), getattr(one.predictions, key)), key
     for key in ("distances", "std"):
-        torch.testing.assert_close(split.predictions[key], one.predictions[key], atol=0, rtol=0)
+        torch.testing.assert_close(
+            getattr(split.predictions, key), getattr(one.predictions, key), atol=0, rtol=0
+        )
+    assert one.predictions.probabilities is None and split.predictions.probabilities is None
     # and they are the test split in order, true positions included
     test = one.datamodule.batch("test")
     for key in ("mask", "tokens", "positions"):
-        assert torch.equal(one.predictions[key], test[key]), key
+        assert torch.equal(getattr(one.predictions, key), test[key]), key
 
 
 def test_split_batches_give_the_single_batch_metrics(one_and_split):
@@ -106,9 +108,9 @@ def test_metrics_json_matches_the_rows_and_the_fold(one_and_split):
     predictions = one.predictions
     values = structure_metrics(
         one.fold_result.positions,
-        predictions["positions"],
-        predictions["mask"],
-        pred_distances=predictions["distances"],
+        predictions.positions,
+        predictions.mask,
+        pred_distances=predictions.distances,
     )
     for i, row in enumerate(rows):
         for key, value in values.items():

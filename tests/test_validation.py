@@ -20,7 +20,8 @@ from minifold import stages
 from minifold.data.datamodule import ShapeDataModule
 from minifold.data.generator import ShapeGenerator
 from minifold.errors import ConfigError
-from minifold.run import run, validate
+from minifold.run import run
+from minifold.stages import validate
 from tests.test_train import config
 
 TINY = ("debug=fast", "logger=none")

@@ -26,6 +26,7 @@ from minifold.folding.folder import DTYPES, Folder, FoldResult
 from minifold.folding.objectives import (
     _DistogramLikelihood,
     _Stress,
+    confidence_weights,
     problem_scale,
     relative_fit_error,
     relative_weights,
@@ -53,6 +54,7 @@ __all__ = [
     "_Stress",
     "classical_mds",
     "complete_distances",
+    "confidence_weights",
     "fold",
     "fold_file",
     "lbfgs",

@@ -129,8 +129,10 @@ class Folder:
             stress (the default: most accurate under multiplicative noise, see
             minifold.bench.folding), 2 squared relative error, 0 the same as mse.
         likelihood_iterations: cap on L-BFGS steps on the distogram likelihood.
-        confidence_eps: added to each pair's distogram variance before
-            weighting the pair by its inverse.
+        confidence_eps: the floor added to each pair's distogram variance
+            before weighting the pair by its inverse, as a fraction of the
+            squared bin range (`confidence_weights`; the fold stage weighs a
+            distogram head's std with the same function).
         trajectory_every: keep positions every this many iterations when a
             trajectory is asked for.
         return_trajectory: keep the trajectory on every call.

@@ -347,6 +347,32 @@ class _DistogramLikelihood:
         return loss.detach(), gradient
 
 
+def confidence_weights(
+    variance: Tensor, base_weights: Tensor, confidence_eps: float, span: Tensor | float
+) -> Tensor:
+    """Pair weights from the uncertainty of each predicted distance: confident pairs count more.
+
+    Each pair weighs base_weight / (variance + confidence_eps * span^2), normalised to
+    mean 1 over known pairs. The floor is in units of the distances' own scale (`span`,
+    the distogram's bin range), so the same `confidence_eps` means the same at any scale.
+
+    Args:
+        variance: [B, N, N] variance of each predicted distance
+        base_weights: [B, N, N] pair weights, 0 = unknown
+        confidence_eps: the variance floor, as a fraction of span^2
+        span: [] or [B] the distance scale of the whole batch or of each problem
+    Returns:
+        [B, N, N] weights, 0 where base_weights are
+    """
+    span = torch.as_tensor(span, dtype=variance.dtype, device=variance.device)
+    floor = confidence_eps * span.reshape(-1, 1, 1) ** 2
+    fit_weights = base_weights * (1.0 / (variance + floor))
+    # Normalise so the mean weight over known pairs is 1 (scale-free tolerances).
+    known = base_weights > 0
+    mean = fit_weights.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
+    return fit_weights / mean.clamp_min(1e-30)[:, None, None]
+
+
 class DistogramTargets(NamedTuple):
     """Distograms prepared for folding (see `distogram_targets`)."""
 
@@ -366,8 +392,7 @@ def distogram_targets(
 ) -> DistogramTargets:
     """Expected distances, confidence weights, log-probabilities and bin centres.
 
-    Each pair weighs its base weight times 1 / (variance + eps) with eps =
-    confidence_eps * (edge span)^2, normalised to mean 1 over known pairs.
+    Each pair weighs `confidence_weights` of its variance, with the edges' span as scale.
 
     Args:
         probabilities: [B, N, N, K] distogram probabilities (renormalised, symmetrised)
@@ -395,11 +420,6 @@ def distogram_targets(
     probabilities = 0.5 * (probabilities + probabilities.transpose(1, 2))
     expected = (probabilities * centres).sum(-1)
     variance = (probabilities * (centres - expected[..., None]) ** 2).sum(-1)
-    confidence = 1.0 / (variance + confidence_eps * (edges[-1] - edges[0]) ** 2)
-    fit_weights = base_weights * confidence
-    # Normalise so the mean weight over known pairs is 1 (scale-free tolerances).
-    known = base_weights > 0
-    mean = fit_weights.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
-    fit_weights = fit_weights / mean.clamp_min(1e-30)[:, None, None]
+    fit_weights = confidence_weights(variance, base_weights, confidence_eps, edges[-1] - edges[0])
     log_probabilities = probabilities.clamp_min(1e-12).log()
     return DistogramTargets(expected, fit_weights, log_probabilities, centres)
