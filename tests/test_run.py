@@ -1,4 +1,4 @@
-"""The real CLI (`python -m minifold.run`) on tiny settings, as users call it."""
+"""The real CLIs (`python -m minifold.run`, `python -m minifold.predict`) on tiny settings."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ TINY = ["debug=fast", "logger=none"]
 
 
 def run_cli(
-    root: Path, *args: str, check: bool = True, timeout: int = 300
+    root: Path, *args: str, check: bool = True, timeout: int = 300, module: str = "minifold.run"
 ) -> subprocess.CompletedProcess:
     env = dict(os.environ, MINIFOLD_ROOT=str(root), WANDB_MODE="offline", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "minifold.run", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -127,6 +127,60 @@ def test_fold_one_sequence(trained, tmp_path):
     assert saved["sequence"] == sequence and 0.0 <= saved["metrics"]["lddt"] <= 1.0
     assert (out / "shape.png").stat().st_size > 0 and (out / "folding.gif").stat().st_size > 0
     assert np.load(out / "positions.npy").shape == (len(sequence), 2)
+
+
+def test_predict_folds_a_sequence_as_run_does(trained, tmp_path):
+    # `minifold.predict` and `minifold.run sequence=...` are one code path: same files, same numbers
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    sequence = "abeaefcgeegaccffddeaggdheabbbaggaffd"
+    for module in ("minifold.predict", "minifold.run"):
+        run_cli(
+            tmp_path,
+            *TINY,
+            f"ckpt_path={checkpoint}",
+            f"sequence={sequence}",
+            f"hydra.run.dir={tmp_path}/{module}",
+            module=module,
+        )
+    predicted, ran = tmp_path / "minifold.predict", tmp_path / "minifold.run"
+    assert json.loads((predicted / "sequence.json").read_text()) == json.loads(
+        (ran / "sequence.json").read_text()
+    )
+    assert np.array_equal(np.load(predicted / "positions.npy"), np.load(ran / "positions.npy"))
+    for name in ("shape.png", "folding.gif", "report.html"):
+        assert (predicted / name).stat().st_size > 0, name
+
+
+def test_predict_folds_a_matrix_file_without_a_checkpoint(tmp_path):
+    points = np.cumsum(np.random.default_rng(1).normal(size=(12, 3)), axis=0)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.save(tmp_path / "d.npy", distances)
+    out = tmp_path / "out"
+    run_cli(
+        tmp_path,
+        f"fold.input={tmp_path / 'd.npy'}",
+        "dim=3",
+        "logger=none",
+        f"hydra.run.dir={out}",
+        module="minifold.predict",
+    )
+    positions = np.load(out / "positions.npy")
+    folded = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    assert positions.shape == (12, 3) and np.abs(folded - distances).max() < 1e-4
+    assert (out / "positions.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sequence=abcabc"], "ckpt_path is missing"),
+        ([], "nothing to predict"),
+        (["fold.input=nowhere.npy"], "does not exist"),
+    ],
+)
+def test_predict_refuses_an_incomplete_job(tmp_path, args, message):
+    result = run_cli(tmp_path, "logger=none", *args, check=False, module="minifold.predict")
+    assert result.returncode == 1 and message in result.stderr
 
 
 @pytest.mark.parametrize(
