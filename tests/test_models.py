@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import minifold  # noqa: F401  (registers the vocab_size resolver)
+import minifold  # resolvers; CONFIG_DIR
 from minifold.data.generator import ShapeGenerator
 from minifold.geometry import pair_mask
 from minifold.models import DistanceModule, DistogramHead, RegressionHead
@@ -20,7 +20,7 @@ from minifold.models import DistanceModule, DistogramHead, RegressionHead
 if not OmegaConf.has_resolver("vocab_size"):
     OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = minifold.CONFIG_DIR
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 HEADS = sorted(p.stem for p in (CONF / "model" / "head").glob("*.yaml"))
 VOCAB = 9
