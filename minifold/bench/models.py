@@ -109,8 +109,8 @@ def run(
     Args:
         quick: tiny budgets (5 and 10 s) and 500 validation sequences, to prove it runs.
         budgets_s: training seconds after which to score (ignored when quick).
-        models: names of conf/model/*.yaml.
-        head: name of conf/model/head/*.yaml.
+        models: names of minifold/conf/model/*.yaml.
+        head: name of minifold/conf/model/head/*.yaml.
         threads: torch threads (None keeps the current setting).
         cache_dir: where the data module caches the data (None: outputs/cache, as the pipeline).
         seed: seed of each model's initialisation.
