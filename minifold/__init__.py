@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 try:
@@ -12,15 +13,24 @@ except ImportError:  # a bare torch install (e.g. a GPU bench machine): no confi
 
 __version__ = "0.1.0"
 
+# The Hydra tree, shipped inside the package (package data), so an installed wheel runs.
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def _is_checkout(folder: Path) -> bool:
+    """True where `folder` is minifold's source tree (not site-packages): its pyproject names it."""
+    pyproject = folder / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    return re.search(r'^name\s*=\s*"minifold"\s*$', pyproject.read_text(), re.MULTILINE) is not None
+
 
 def project_root() -> str:
     """Where `outputs/` lives: $MINIFOLD_ROOT, else the source checkout, else the cwd."""
     if "MINIFOLD_ROOT" in os.environ:
         return os.environ["MINIFOLD_ROOT"]
     checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").exists() and (checkout / "conf").is_dir():
-        return str(checkout)
-    return os.getcwd()
+    return str(checkout) if _is_checkout(checkout) else os.getcwd()
 
 
 if OmegaConf is not None and not OmegaConf.has_resolver("minifold_root"):
@@ -77,4 +87,4 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["fold", "load", "train", "project_root", "__version__"]
+__all__ = ["fold", "load", "train", "project_root", "CONFIG_DIR", "__version__"]

@@ -6,7 +6,7 @@
     model.predict_sequences(["abcabcabcabc"])["distances"]   # [1, 12, 12]
     minifold.fold(distances[0], dim=2)                        # [12, 2]
 
-`train` composes conf/ with Hydra's compose API, so it needs no command line and
+`train` composes minifold/conf/ with Hydra's compose API, so it needs no command line and
 no Hydra runtime: it picks a run dir itself (or takes `output_dir`).
 """
 
@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def load(ckpt_path: str | Path, map_location: str = "cpu"):
@@ -60,10 +58,10 @@ def compose(overrides: list[str] | tuple[str, ...] = (), output_dir: str | Path 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict, read_write
 
-    import minifold  # noqa: F401  (resolvers)
+    import minifold  # resolvers, and the config tree
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(minifold.CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # choices and overrides for the run name
     out = Path(output_dir) if output_dir else Path(str(OmegaConf.select(cfg, "hydra.run.dir")))

@@ -3,7 +3,7 @@
     python -m minifold.predict ckpt_path=RUN/checkpoints/best.ckpt sequence=abeaefcgee...
     python -m minifold.predict fold.input=matrix.npy
 
-conf/predict.yaml is the pipeline's config with `ckpt_path: ???` (a sequence needs a
+minifold/conf/predict.yaml is the pipeline's config with `ckpt_path: ???` (a sequence needs a
 checkpoint; a matrix file does not). `python -m minifold.run sequence=... / fold.input=...`
 calls `predict` here, so both commands run the same code.
 """
@@ -125,7 +125,7 @@ def predict(cfg: DictConfig) -> None:
             fold_sequence(context)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
     try:
         predict(cfg)

@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> float | None:
     return stages.optimized_metric(context)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)

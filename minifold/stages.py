@@ -429,7 +429,7 @@ def _leaves(node: Any, prefix: str) -> dict[str, Any]:
 
 def _option_for(group: str, target: str) -> str | None:
     """The conf/<group> option whose `_target_` (model: its net's) is `target`, if any."""
-    folder = Path(__file__).resolve().parent.parent / "conf" / group
+    folder = Path(__file__).resolve().parent / "conf" / group
     for path in sorted(folder.glob("*.yaml")):
         own = OmegaConf.load(path)
         found = OmegaConf.select(own, "net._target_" if group == "model" else "_target_")

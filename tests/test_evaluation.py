@@ -10,11 +10,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-import minifold  # noqa: F401  (resolvers)
+import minifold  # resolvers; CONFIG_DIR
 from minifold import stages
 from minifold.metrics import structure_metrics
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = minifold.CONFIG_DIR
 
 
 class NoisyOracle(torch.nn.Module):

@@ -265,13 +265,12 @@ def test_folder_rejects_bad_batches():
 
 @pytest.mark.parametrize("option", ["lbfgs", "smacof", "distogram"])
 def test_folder_configs_instantiate(option):
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    import minifold
+
+    with initialize_config_dir(config_dir=str(minifold.CONFIG_DIR), version_base="1.3"):
         config = compose("config", overrides=[f"folder={option}", "dim=3"])
     folder = instantiate(config.folder)
     assert isinstance(folder, Folder) and folder.dim == 3

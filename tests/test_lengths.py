@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,14 +10,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-import minifold  # noqa: F401  (resolvers)
+import minifold  # resolvers; CONFIG_DIR
 from minifold import stages
 from minifold.data.alphabet import PAD
 from minifold.data.datamodule import ShapeDataModule, length_range, length_split_name
 from minifold.data.generator import ShapeGenerator
 from minifold.report import plot_lengths, summary_table
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = minifold.CONFIG_DIR
 
 
 def make(cache_dir=None, generator=None, **kwargs) -> ShapeDataModule:

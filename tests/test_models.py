@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import minifold  # noqa: F401  (registers the vocab_size resolver)
+import minifold  # resolvers; CONFIG_DIR
 from minifold.data.generator import ShapeGenerator
 from minifold.geometry import pair_mask
 from minifold.models import DistanceModule, DistogramHead, RegressionHead
@@ -20,7 +20,7 @@ from minifold.models import DistanceModule, DistogramHead, RegressionHead
 if not OmegaConf.has_resolver("vocab_size"):
     OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = minifold.CONFIG_DIR
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 HEADS = sorted(p.stem for p in (CONF / "model" / "head").glob("*.yaml"))
 VOCAB = 9
@@ -308,3 +308,30 @@ def test_default_head_is_regression(config_dir):
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose("config")
     assert cfg.model.head._target_.endswith("RegressionHead")
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = sorted(p.stem for p in (CONF / "model" / "scheduler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize(
+    "optimizer", sorted(p.stem for p in (CONF / "model/optimizer").glob("*.yaml"))
+)
+def test_optimizer_and_scheduler_options(config_dir, optimizer, scheduler):
+    overrides = ["model=birnn", f"model/optimizer={optimizer}", f"model/scheduler={scheduler}"]
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    assert cfg.model.optimizer.lr == 0.003  # the model file's rate, whichever optimizer
+    assert (cfg.model.scheduler is None) == (scheduler == "none")
+    module = instantiate(cfg.model)
+    module.scheduler_factory = None  # a schedule's length comes from the Trainer
+    assert type(module.configure_optimizers()) is OPTIMIZERS[optimizer]
+
+
+def test_model_files_hold_their_network_and_rate_only():
+    """What every model shares lives in model/module/default.yaml and the option groups."""
+    for path in (CONF / "model").glob("*.yaml"):
+        own = OmegaConf.load(path)
+        assert set(own) <= {"defaults", "net", "optimizer"}, path.name
+        assert set(own.get("optimizer", {})) <= {"lr"}, path.name

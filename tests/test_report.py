@@ -13,11 +13,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-import minifold  # noqa: F401  (resolvers)
+import minifold  # resolvers; CONFIG_DIR
 from minifold.report import SUMMARY_METRICS, SweepSummaryCallback
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = minifold.CONFIG_DIR
 EXPERIMENTS = sorted((ROOT / "experiments" / "experiment").glob("*.yaml"))
 
 

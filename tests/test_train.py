@@ -10,9 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+import minifold
 from minifold.run import run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = minifold.CONFIG_DIR
 
 
 def config(tmp_path: Path, *overrides: str):

@@ -53,7 +53,7 @@ REFERENCE_LR = 5e-2
 
 
 def configured_folder(dim: int) -> Folder:
-    """The folder users get: conf/folder/lbfgs.yaml with this dim.
+    """The folder users get: minifold/conf/folder/lbfgs.yaml with this dim.
 
     Without Hydra (a bare GPU machine) the Folder's own defaults, which the YAML
     repeats, stand in.
@@ -66,7 +66,7 @@ def configured_folder(dim: int) -> Folder:
         return Folder(dim=dim, seed=0)
     import minifold
 
-    config = OmegaConf.load(f"{minifold.project_root()}/conf/folder/lbfgs.yaml")
+    config = OmegaConf.load(minifold.CONFIG_DIR / "folder" / "lbfgs.yaml")
     config.dim, config.seed = dim, 0
     return instantiate(config)
 

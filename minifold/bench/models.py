@@ -30,28 +30,19 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("transformer", "transformer_reference", "pair_resnet", "birnn")
 
 
-def model_config(
-    name: str, head: str = "regression", dim: int = 2, conf_dir: Path | None = None
-) -> DictConfig:
-    """conf/model/<name>.yaml with conf/model/head/<head>.yaml, resolved against a minimal root."""
-    conf_dir = conf_dir or Path(minifold.project_root()) / "conf"
-    path = conf_dir / "model" / f"{name}.yaml"
-    head_path = conf_dir / "model" / "head" / f"{head}.yaml"
-    for file in (path, head_path):
-        if not file.exists():
-            choices = sorted(p.stem for p in file.parent.glob("*.yaml"))
-            raise ValueError(f"no config {file}; choose one of {choices}")
-    model = OmegaConf.load(path)
-    model.pop("defaults", None)
-    root = OmegaConf.create(
-        {
-            "dim": dim,
-            "generator": {"alphabet": "abcdefgh", "max_len": 39},
-            "model": OmegaConf.merge({"head": OmegaConf.load(head_path)}, model),
-        }
-    )
-    OmegaConf.resolve(root)
-    return root.model
+def model_config(name: str, head: str = "regression", dim: int = 2) -> DictConfig:
+    """The resolved model config of `model=NAME model/head=HEAD dim=DIM` (minifold/conf)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    for group, option in (("model", name), ("model/head", head)):
+        if not (minifold.CONFIG_DIR / group / f"{option}.yaml").exists():
+            choices = sorted(p.stem for p in (minifold.CONFIG_DIR / group).glob("*.yaml"))
+            raise ValueError(f"no config {group}/{option}; choose one of {choices}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(minifold.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", f"model/head={head}", f"dim={dim}"])
+    return OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
 
 
 @torch.no_grad()
@@ -118,8 +109,8 @@ def run(
     Args:
         quick: tiny budgets (5 and 10 s) and 500 validation sequences, to prove it runs.
         budgets_s: training seconds after which to score (ignored when quick).
-        models: names of conf/model/*.yaml.
-        head: name of conf/model/head/*.yaml.
+        models: names of minifold/conf/model/*.yaml.
+        head: name of minifold/conf/model/head/*.yaml.
         threads: torch threads (None keeps the current setting).
         cache_dir: where the data module caches the data (None: outputs/cache, as the pipeline).
         seed: seed of each model's initialisation.

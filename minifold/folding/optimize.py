@@ -22,7 +22,7 @@ pairs unknown, 5-20% noise): from the MDS start, 0, 10, 30 or 50 SMACOF steps
 before L-BFGS reached the same loss to 7 digits and the same RMSD, and more
 steps only cost time; SMACOF alone (200 steps) ended at a higher loss. From
 random starts it did not find the global minimum more often either. It stays
-as an option (`conf/folder/smacof.yaml` runs it alone) because it needs no
+as an option (`minifold/conf/folder/smacof.yaml` runs it alone) because it needs no
 line search and cannot diverge.
 
 Strong Wolfe against plain Armijo backtracking (`line_search`): the same final

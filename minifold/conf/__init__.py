@@ -1,0 +1,1 @@
+"""The Hydra config tree (package data; Hydra reads it as pkg://minifold.conf)."""
