@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import minifold  # noqa: F401  (registers the OmegaConf resolvers the configs use)
 from minifold import console, stages
 from minifold.errors import ConfigError
+from minifold.geometry import pairwise_distances
 from minifold.inference import predict_batches
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def fold_sequence(context: stages.RunContext) -> None:
     tokens, mask = generator.alphabet.encode_batch([sequence])
     positions = generator(tokens, mask)
     batch = dict(tokens=tokens, mask=mask, positions=positions)
-    batch["distances"] = torch.cdist(positions, positions)
+    batch["distances"] = pairwise_distances(positions)
     predictions = predict_batches(model, [batch])
     fold_result = stages.fold_predictions(cfg.folder, predictions)
     context.predictions, context.fold_result = predictions, fold_result

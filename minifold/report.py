@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from minifold.atomic import atomic_path, write_json, write_text
+from minifold.geometry import pairwise_distances
 from minifold.naming import RunIdentity, run_name
 
 log = logging.getLogger(__name__)
@@ -176,9 +177,7 @@ def folding_gif(movie: FoldingMovie, path: Path) -> None:
     target = movie.target.to(torch.float64)
     pairs = ~torch.eye(len(target), dtype=torch.bool, device=target.device)
     losses = [
-        float(
-            (torch.cdist(f.to(torch.float64), f.to(torch.float64)) - target)[pairs].square().mean()
-        )
+        float((pairwise_distances(f.to(torch.float64)) - target)[pairs].square().mean())
         for f in movie.frames
     ]
     viz.folding_gif(
@@ -337,7 +336,7 @@ def _draw_pictures(context, movie: FoldingMovie | None, bar, task) -> dict[str, 
     length = context.per_sequence[median]["length"]
     true_positions = predictions.positions[median, :length]
     viz.plot_distance_heatmaps(
-        torch.cdist(true_positions, true_positions),
+        pairwise_distances(true_positions),
         predictions.distances[median, :length, :length],
         out / "distances_median.png",
     )
