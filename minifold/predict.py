@@ -90,7 +90,7 @@ def fold_matrix_file(context: stages.RunContext) -> None:
 
 
 def settle_checkpoint(cfg: DictConfig) -> None:
-    """Make conf/predict.yaml's mandatory `ckpt_path: ???` a plain setting, or refuse the job.
+    """Make minifold/conf/predict.yaml's mandatory `ckpt_path: ???` a plain setting, or refuse the job.
 
     A matrix file needs no checkpoint (its ckpt_path becomes null); a sequence without one
     and a job with neither a sequence nor a file are refused by name.

@@ -1,4 +1,4 @@
-"""Entry point: `python -m minifold.run [overrides]` composes conf/ and runs the stages.
+"""Entry point: `python -m minifold.run [overrides]` composes minifold/conf/ and runs the stages.
 
 `sequence=...` and `fold.input=...` jobs go to minifold.predict, the same code as
 `python -m minifold.predict`.

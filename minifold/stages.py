@@ -428,7 +428,7 @@ def _leaves(node: Any, prefix: str) -> dict[str, Any]:
 
 
 def _option_for(group: str, target: str) -> str | None:
-    """The conf/<group> option whose `_target_` (model: its net's) is `target`, if any."""
+    """The minifold/conf/<group> option whose `_target_` (model: its net's) is `target`, if any."""
     folder = Path(__file__).resolve().parent / "conf" / group
     for path in sorted(folder.glob("*.yaml")):
         own = OmegaConf.load(path)
