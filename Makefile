@@ -56,7 +56,7 @@ sweep: $(STAMP) ## the headline study (dim x back_discount x model) on small set
 	$(PY) -m minifold.run -m experiment=headline $(ARGS)
 
 report: $(STAMP) ## rebuild the experiments' READMEs from their sweep summaries
-	$(PY) -m minifold.report experiments
+	$(PY) -m minifold.sweep experiments
 
 wandb-sync: $(STAMP) ## upload every offline W&B run under outputs/ (needs an account)
 	@find outputs -type d -name 'offline-run-*' -print0 | xargs -0 -r -n 20 $(VENV)/bin/wandb sync

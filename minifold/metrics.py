@@ -33,6 +33,28 @@ TM_SEED_FRACTIONS = (1.0, 1 / 2, 1 / 4, 1 / 8)
 TM_SEED_MIN_LENGTH = 4
 TM_ITERATIONS = 20
 
+# Which way is better for each metric, by its name (a log key's part after `phase/`,
+# `_median` dropped); reports, sweep summaries and the console read it.
+METRIC_DIRECTIONS = {
+    "lddt": "higher",
+    "lddt_distances": "higher",
+    "gdt_ts": "higher",
+    "tm_score": "higher",
+    "rmsd": "lower",
+    "rmsd_over_rg": "lower",
+    "distance_mae": "lower",
+    "distance_rmse": "lower",
+    "drmsd": "lower",
+    "loss": "lower",
+}
+
+
+def direction(key: str) -> str | None:
+    """ "higher" or "lower" (is better) for a metric key such as `test/lddt_median`; None if unknown."""
+    base = key.split("/")[-1]
+    base = base[: -len("_median")] if base.endswith("_median") else base
+    return METRIC_DIRECTIONS.get(base)
+
 
 def distance_mae(pred_distances: Tensor, true_distances: Tensor, mask: Tensor) -> Tensor:
     """Mean absolute distance error over real off-diagonal pairs.

@@ -27,6 +27,7 @@ from rich.table import Table
 from minifold.atomic import AtomicCheckpointIO, write_json, write_text
 from minifold.errors import ConfigError
 from minifold.inference import Predictions, predict_batches
+from minifold.loggers import build_loggers
 
 if TYPE_CHECKING:  # types only: these modules load Lightning's trainer, the models, matplotlib
     from lightning.pytorch import Trainer
@@ -107,17 +108,9 @@ class RunContext:
     def dim(self) -> int:
         return int(self.cfg.dim)
 
-    def wandb_run(self):
-        """The W&B run of this job, if a WandbLogger is configured (started lazily)."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        self.ensure_loggers()
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                return logger.experiment
-        return None
-
     def ensure_loggers(self) -> list[Logger]:
+        """The configured loggers, built on first use (by the train stage, or for the report
+        of a run that does not train)."""
         if not self.loggers and self.cfg.get("logger"):
             self.loggers = build_loggers(self.cfg)
         return self.loggers
@@ -175,49 +168,6 @@ def record_run(context: RunContext, failed: bool) -> None:
         if handle.tell() == 0:
             handle.write("\t".join(RUNS_INDEX_COLUMNS) + "\n")
         handle.write("\t".join(row) + "\n")
-
-
-# W&B run summaries keep these aggregates (not only the last value).
-WANDB_SUMMARIES = {"val/distance_mae": "min", "val/loss": "min", "val/lddt_distances": "max"}
-
-
-def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """Instantiate every configured logger and log the config to it once.
-
-    The logged config is the resolved config plus `choices` (Hydra's config-group
-    choices) and `overrides`; the model's own hyperparameters, which Lightning would
-    log again as flat keys (net, head, optimizer, ...), are already in it under
-    `model` and are not logged twice. W&B summaries keep the best val MAE.
-    """
-    from lightning.pytorch.loggers import WandbLogger
-
-    from minifold.naming import RunIdentity
-
-    loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if not logger_cfg or "_target_" not in logger_cfg:
-            continue
-        logger = instantiate(logger_cfg)
-        if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous") is None:
-            # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every run.
-            logger._wandb_init.pop("anonymous", None)
-        loggers.append(logger)
-        log.info(
-            "logger %s -> %s",
-            name,
-            getattr(logger, "save_dir", None) or getattr(logger, "log_dir", ""),
-        )
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams.pop("hydra", None)
-    identity = RunIdentity.current()
-    hparams["choices"] = identity.choices
-    hparams["overrides"] = identity.overrides
-    for logger in loggers:
-        logger.log_hyperparams(hparams)
-        if isinstance(logger, WandbLogger):
-            for key, summary in WANDB_SUMMARIES.items():
-                logger.experiment.define_metric(key, summary=summary)
-    return loggers
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
@@ -799,12 +749,12 @@ def stage_evaluate(context: RunContext) -> None:
 
 # ---------------------------------------------------------------------------- report
 def stage_report(context: RunContext) -> None:
-    """Pictures, report.md and the W&B dashboard of this run.
+    """Pictures, report.md and report.html of this run; its results to every logger.
 
     The report draws what it is given; the folding GIF's trajectory (the median test
     case folded again from a random start) is folded here.
     """
-    from minifold import report
+    from minifold import loggers, report
 
     if not (context.per_sequence or context.train_summary or context.datamodule):
         # run() refuses such a plan before any work; this guards callers of the stage alone
@@ -817,6 +767,7 @@ def stage_report(context: RunContext) -> None:
         median = report.pick_cases(context.per_sequence)["median"]
         movie = fold_trajectory(context.cfg.folder, context.predictions.select(median))
     report.write_run_report(context, movie)
+    loggers.log_results(context, context.pictures)
 
 
 def check_sequence(cfg: DictConfig, hparams: dict[str, Any] | None = None) -> None:
@@ -851,7 +802,7 @@ SHORT_NAMES = {
 
 def length_table(context: RunContext) -> Table:
     """Median metrics of each test split by length, and the seconds its fold took."""
-    from minifold.report import direction
+    from minifold.metrics import direction
 
     table = Table(title="test splits by length (medians)")
     for column in ("split", "lengths", "n"):
@@ -874,8 +825,8 @@ def length_table(context: RunContext) -> Table:
 def finish(context: RunContext) -> None:
     """The closing summary table: test metrics with their direction, time per stage, where
     the report and the W&B run are."""
+    from minifold.metrics import direction
     from minifold.naming import run_name
-    from minifold.report import direction
 
     table = Table(title=f"minifold run: {run_name(context.cfg.get('dim'))}")
     table.add_column("quantity")

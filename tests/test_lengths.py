@@ -15,7 +15,8 @@ from minifold import stages
 from minifold.data.alphabet import PAD
 from minifold.data.datamodule import ShapeDataModule, length_range, length_split_name
 from minifold.data.generator import ShapeGenerator
-from minifold.report import plot_lengths, summary_table
+from minifold.report import plot_lengths
+from minifold.sweep import summary_table
 
 CONF = minifold.CONFIG_DIR
 

@@ -296,7 +296,7 @@ def test_generator_refuses_bad_arguments(kwargs, words):
 def test_sweep_rows_carry_training_metrics_without_metrics_json(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
 
-    from minifold.report import _job_result
+    from minifold.sweep import _job_result
 
     (tmp_path / "train_summary.json").write_text(
         json.dumps({"fit_seconds": 3.0, "val/distance_mae": 0.25, "test/distance_mae": 0.3})

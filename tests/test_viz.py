@@ -85,7 +85,7 @@ def test_figures_without_a_path_write_nothing(tmp_path, monkeypatch):
 def test_importing_viz_leaves_the_backend_alone():
     code = (
         "import matplotlib; "
-        "import minifold.viz, minifold.report; print(matplotlib.rcParams._get_backend_or_none())"
+        "import minifold.viz, minifold.report, minifold.sweep; print(matplotlib.rcParams._get_backend_or_none())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
