@@ -28,7 +28,7 @@ def load(ckpt_path: str | Path, map_location: str = "cpu"):
         raise ValueError(
             f"checkpoint {ckpt_path} does not exist; give a .ckpt from a run's checkpoints/"
         )
-    from minifold.stages import read_checkpoint
+    from minifold.checkpoints import read_checkpoint
 
     read_checkpoint(ckpt_path)  # a clear ConfigError for a file that is not a minifold checkpoint
     model = DistanceModule.load_from_checkpoint(str(ckpt_path), map_location=map_location)

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import minifold  # noqa: F401  (registers the OmegaConf resolvers the configs use)
-from minifold import console, stages
+from minifold import console, evaluation, job, stages, validation
 from minifold.errors import ConfigError
 from minifold.geometry import pairwise_distances
 from minifold.inference import predict_batches
@@ -41,20 +41,21 @@ def fold_sequence(context: stages.RunContext) -> None:
     from minifold import report
 
     cfg = context.cfg
-    stages.check_sequence(cfg)  # before any work
+    validation.check_sequence(cfg)  # before any work
     generator = instantiate(cfg.generator)
     sequence = str(cfg.sequence)
     model = stages.load_model(context)
-    stages.check_sequence(cfg, dict(model.hparams))
+    validation.check_sequence(cfg, dict(model.hparams))
     tokens, mask = generator.alphabet.encode_batch([sequence])
     positions = generator(tokens, mask)
     batch = dict(tokens=tokens, mask=mask, positions=positions)
     batch["distances"] = pairwise_distances(positions)
     predictions = predict_batches(model, [batch])
-    fold_result = stages.fold_predictions(cfg.folder, predictions)
+    fold_result = evaluation.fold_predictions(cfg.folder, predictions)
     context.predictions, context.fold_result = predictions, fold_result
     metrics = {
-        name: float(values[0]) for name, values in stages.score(predictions, fold_result).items()
+        name: float(values[0])
+        for name, values in evaluation.score(predictions, fold_result).items()
     }
     report.write_sequence_report(
         context.out_dir,
@@ -62,7 +63,7 @@ def fold_sequence(context: stages.RunContext) -> None:
         folded=fold_result.positions[0],
         true=predictions.positions[0],
         metrics=metrics,
-        movie=stages.fold_trajectory(cfg.folder, predictions),
+        movie=evaluation.fold_trajectory(cfg.folder, predictions),
     )
     context.metrics.update({f"sequence/{name}": value for name, value in metrics.items()})
 
@@ -117,8 +118,8 @@ def predict(cfg: DictConfig) -> None:
     except ConfigError as error:
         log.error("%s (run dir: %s)", error, cfg.paths.output_dir)
         raise
-    context = stages.start(cfg)
-    with stages.guarded(context):
+    context = job.start(cfg)
+    with job.guarded(context):
         if OmegaConf.select(cfg, "fold.input", default=None) is not None:
             fold_matrix_file(context)
         else:

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import minifold  # noqa: F401  (registers the OmegaConf resolvers the configs use)
-from minifold import console, predict, stages, validation
+from minifold import console, job, predict, stages, validation
 from minifold.errors import ConfigError
 
 STAGES = validation.STAGES
@@ -26,15 +26,15 @@ def run(cfg: DictConfig) -> float | None:
     if predict.asked_for(cfg):
         predict.predict(cfg)
         return None
-    context = stages.start(cfg)
-    with stages.guarded(context):
+    context = job.start(cfg)
+    with job.guarded(context):
         for name in STAGES:
             if name in cfg.stages:
                 started = time.perf_counter()
                 getattr(stages, f"stage_{name}")(context)
                 context.timings[name] = time.perf_counter() - started
-        stages.finish(context)
-    return stages.optimized_metric(context)
+        job.finish(context)
+    return job.optimized_metric(context)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

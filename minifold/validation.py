@@ -14,22 +14,36 @@ after minutes of work. The layers:
    modes, the folder's potential against the model's head.
 4. The objects themselves (generator, data module, model, folder) are built
    once, cheaply, so their own argument checks fire now rather than after training.
+5. The checkpoint given as ckpt_path is read and compared with the config
+   (minifold.checkpoints), and a `sequence=` is checked against the generator's
+   alphabet and the model's largest length: `validate(cfg)` runs every layer.
 
-The checkpoint given as ckpt_path is read and compared with the config in
-`minifold.stages.read_checkpoint` / `check_checkpoint_matches`.
+The constraint kinds of the table (Integer, Number, ...) are in minifold.constraints.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from minifold import checkpoints
+from minifold.constraints import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    SIZE,
+    Batches,
+    Boolean,
+    Constraint,
+    Integer,
+    Letters,
+    Number,
+    Options,
+)
 from minifold.errors import ConfigError
 
 STAGES = ("generate", "train", "fold", "evaluate", "report")
@@ -40,135 +54,8 @@ FINITE_GROUPS = ("generator", "data", "model", "folder", "trainer")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything range
 
 
-@dataclass(frozen=True)
-class Integer:
-    """An int (not a bool, not 2.5, not "3") in [low, high]; `extra` values are also allowed."""
-
-    low: int | None = None
-    high: int | None = None
-    none: bool = False
-    extra: tuple[int, ...] = ()
-
-    def problem(self, value: Any) -> str | None:
-        if value is None:
-            return None if self.none else self.describe()
-        if isinstance(value, bool) or not isinstance(value, Integral):
-            return self.describe()
-        if value in self.extra:
-            return None
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
-        ):
-            return self.describe()
-        return None
-
-    def describe(self) -> str:
-        text = "an integer"
-        if self.low is not None and self.high is not None:
-            text += f" in [{self.low}, {self.high}]"
-        elif self.low is not None:
-            text += f" >= {self.low}"
-        if self.extra:
-            text += " or " + " or ".join(str(v) for v in self.extra)
-        return text + (" (or null)" if self.none else "")
-
-
-@dataclass(frozen=True)
-class Number:
-    """A finite real number (ints count) in [low, high], either end open if asked."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    none: bool = False
-
-    def problem(self, value: Any) -> str | None:
-        if value is None:
-            return None if self.none else self.describe()
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            return self.describe()
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return self.describe()
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return self.describe()
-        return None
-
-    def describe(self) -> str:
-        text = "a finite number"
-        if self.low is not None:
-            text += f" {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            text += (" and" if self.low is not None else "") + (
-                f" {'<' if self.high_open else '<='} {self.high}"
-            )
-        return text + (" (or null)" if self.none else "")
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a fixed set of values."""
-
-    values: tuple
-    none: bool = False
-
-    def problem(self, value: Any) -> str | None:
-        if value is None and self.none:
-            return None
-        return None if value in self.values else self.describe()
-
-    def describe(self) -> str:
-        return f"one of {list(self.values)}" + (" (or null)" if self.none else "")
-
-
-@dataclass(frozen=True)
-class Boolean:
-    def problem(self, value: Any) -> str | None:
-        return None if isinstance(value, bool) else self.describe()
-
-    def describe(self) -> str:
-        return "true or false"
-
-
-@dataclass(frozen=True)
-class Letters:
-    """A non-empty string of distinct characters (an alphabet)."""
-
-    def problem(self, value: Any) -> str | None:
-        if not isinstance(value, str) or not value or len(set(value)) != len(value):
-            return self.describe()
-        return None
-
-    def describe(self) -> str:
-        return "a non-empty string of distinct letters, e.g. abcdefgh"
-
-
-@dataclass(frozen=True)
-class Batches:
-    """Lightning's batch limits: a count (int >= low) or a fraction in (0, 1]."""
-
-    low: int = 1
-
-    def problem(self, value: Any) -> str | None:
-        if isinstance(value, bool) or value is None:
-            return self.describe()
-        if isinstance(value, Integral):
-            return None if value >= self.low else self.describe()
-        if isinstance(value, Real) and math.isfinite(value) and 0 < value <= 1:
-            return None
-        return self.describe()
-
-    def describe(self) -> str:
-        return f"a number of batches (an integer >= {self.low}) or a fraction in (0, 1]"
-
-
-SIZE = Integer(1)
-COUNT = Integer(0)
-POSITIVE = Number(0, low_open=True)
-NON_NEGATIVE = Number(0)
-
 # What each setting may be; keys absent from a config (another model's net) are skipped.
-CONSTRAINTS: dict[str, Any] = {
+CONSTRAINTS: dict[str, Constraint] = {
     "dim": Integer(2),
     "seed": Integer(0, MAX_SEED),
     "threads": Integer(1, none=True),
@@ -248,7 +135,7 @@ def _show(value: Any) -> str:
     return "null" if value is None else repr(value)
 
 
-def check_constraints(cfg: DictConfig, constraints: dict[str, Any] = CONSTRAINTS) -> None:
+def check_constraints(cfg: DictConfig, constraints: dict[str, Constraint] = CONSTRAINTS) -> None:
     """Refuse the first setting outside its constraint, naming key, value and what is allowed."""
     for key, constraint in constraints.items():
         present, value = _select(cfg, key)
@@ -443,3 +330,41 @@ def check_config(cfg: DictConfig) -> None:
     check_finite(cfg)
     check_data(cfg)
     check_plan(cfg)
+
+
+def check_sequence(cfg: DictConfig, hparams: dict[str, Any] | None = None) -> None:
+    """Refuse a sequence the generator or the model cannot take (letters, length), before work.
+
+    `hparams`: the checkpoint's; its `max_len` caps the length unless it is None (a model
+    that takes any length).
+    """
+    from minifold.data.alphabet import Alphabet
+
+    sequence = cfg.get("sequence")
+    try:
+        Alphabet(str(cfg.generator.alphabet), max_len=int(cfg.generator.max_len)).validate(sequence)
+    except ValueError as error:
+        raise ConfigError(f"{error} (sequence={sequence})") from error
+    max_len = (hparams or {}).get("max_len")
+    if max_len is not None and len(sequence) > int(max_len):
+        raise ConfigError(
+            f"sequence has length {len(sequence)}; this model takes at most {max_len}"
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject settings that cannot work before any work is done:
+    the config alone, then the checkpoint against it, then the objects it builds."""
+    check_config(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    fold_input = cfg.get("fold", {}).get("input")
+    hparams = None
+    if ckpt_path and not fold_input:
+        hparams = checkpoints.read_checkpoint(ckpt_path)
+        checkpoints.check_checkpoint_matches(hparams, cfg, ckpt_path)
+    if cfg.get("sequence") is not None:
+        check_sequence(cfg, hparams)
+    head = hparams["head"] if hparams else cfg.get("model", {}).get("head", {})
+    check_head_and_folder(cfg, (head or {}).get("_target_"))
+    trains = "train" in cfg.stages and cfg.get("sequence") is None and not fold_input
+    check_objects(cfg, build_model=trains)

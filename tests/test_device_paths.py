@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from minifold.data.datamodule import EpochSampler, SplitLoader
+from minifold.data.loader import EpochSampler, SplitLoader
 from minifold.geometry import reversal_index
 from minifold.models.birnn import BiRNNBackbone
 

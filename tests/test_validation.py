@@ -21,7 +21,7 @@ from minifold.data.datamodule import ShapeDataModule
 from minifold.data.generator import ShapeGenerator
 from minifold.errors import ConfigError
 from minifold.run import run
-from minifold.stages import validate
+from minifold.validation import validate
 from tests.test_train import config
 
 TINY = ("debug=fast", "logger=none")

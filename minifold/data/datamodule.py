@@ -1,4 +1,5 @@
-"""Train/val/test splits of generated shapes: sampled once, cached, served as padded batches."""
+"""Train/val/test splits of generated shapes: sampled once, cached, served as padded batches
+(by the loaders of minifold.data.loader)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from torch.nn.functional import pad
 from minifold.atomic import atomic_path, remove_stale_temporaries
 from minifold.data.alphabet import PAD
 from minifold.data.generator import ShapeGenerator
-from minifold.geometry import pair_mask
+from minifold.data.loader import BatchCollator, SplitLoader
 
 log = logging.getLogger(__name__)
 
@@ -60,128 +60,6 @@ def checksum(splits: dict[str, dict[str, Tensor]]) -> str:
             digest.update(f"{name}/{key}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-class BatchCollator:
-    """Turns indices into a padded batch (vectorised slicing, no per-item work).
-
-    Returns a dict: tokens [B, N] long, mask [B, N] bool, positions [B, N, dim],
-    distances [B, N, N] (zero outside real pairs), lengths [B], index [B].
-    With `trim`, N is the longest sequence in the batch (one host sync to read
-    it); without, N is the split's full width, so batches have one fixed shape
-    and slicing never waits on the device.
-    """
-
-    def __init__(self, tokens: Tensor, positions: Tensor, trim: bool = True) -> None:
-        self.tokens = tokens
-        self.positions = positions
-        self.trim = trim
-
-    def __call__(self, indices: Tensor | list[int]) -> dict[str, Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long, device=self.tokens.device)
-        tokens = self.tokens[index].long()
-        mask = tokens != PAD
-        lengths = mask.sum(-1)
-        positions = self.positions[index].float()
-        if self.trim:
-            longest = int(lengths.max())
-            tokens, mask, positions = tokens[:, :longest], mask[:, :longest], positions[:, :longest]
-        # the matmul form of cdist loses ~1e-5 to cancellation; targets deserve exact distances
-        distances = torch.cdist(positions, positions, compute_mode="donot_use_mm_for_euclid_dist")
-        distances = distances * pair_mask(mask)
-        return dict(
-            tokens=tokens,
-            mask=mask,
-            positions=positions,
-            distances=distances,
-            lengths=lengths,
-            index=index,
-        )
-
-
-class EpochSampler:
-    """The order of one split for each epoch: a permutation drawn from (seed, epoch) alone.
-
-    Deriving the order from the epoch number, not from a generator's running
-    state, is what makes a resumed run see the same batches as an uninterrupted
-    one. Under DDP each rank takes every `world_size`-th index of the same
-    permutation, padded by wrapping around so every rank has as many batches.
-    """
-
-    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
-        self.size = size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before each epoch."""
-        self.epoch = int(epoch)
-
-    def indices(self, rank: int = 0, world_size: int = 1) -> Tensor:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        if world_size > 1:
-            per_rank = math.ceil(self.size / world_size)
-            order = order.repeat(math.ceil(per_rank * world_size / self.size))
-            order = order[: per_rank * world_size][rank::world_size]
-        return order
-
-
-class SplitLoader:
-    """Serves one split as batches sliced on the training device: no DataLoader, no copies.
-
-    The split's tokens and positions move to the device once (the first time
-    the loader is iterated there); each batch is then a few indexing kernels
-    plus `cdist`, padded to the split's full width so shapes never change.
-
-    Args:
-        tokens: [S, N] token ids of the split (uint8 or int16; PAD = 0)
-        positions: [S, N, dim] true positions
-        batch_size: sequences per batch (the last batch may be smaller)
-        shuffle: a new order every epoch (see `EpochSampler`)
-        seed: seed of the orders
-        device: where batches are made; None asks `device_of()` at iteration time
-    """
-
-    def __init__(
-        self,
-        tokens: Tensor,
-        positions: Tensor,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        device_of=None,
-        rank_of=None,
-    ) -> None:
-        self.tokens = tokens
-        self.positions = positions
-        self.batch_size = batch_size
-        self.sampler = EpochSampler(len(tokens), shuffle, seed)
-        self.batch_sampler = None  # Lightning looks for one beside `sampler`
-        self._device_of = device_of or (lambda: torch.device("cpu"))
-        self._rank_of = rank_of or (lambda: (0, 1))
-        self._collator: BatchCollator | None = None
-
-    def _collator_on(self, device: torch.device) -> BatchCollator:
-        if self._collator is None or self._collator.tokens.device != device:
-            self._collator = BatchCollator(
-                self.tokens.to(device), self.positions.to(device), trim=False
-            )
-        return self._collator
-
-    def __len__(self) -> int:
-        _, world_size = self._rank_of()
-        return math.ceil(math.ceil(len(self.tokens) / world_size) / self.batch_size)
-
-    def __iter__(self):
-        collate = self._collator_on(torch.device(self._device_of()))
-        order = self.sampler.indices(*self._rank_of()).to(collate.tokens.device)
-        for batch in order.split(self.batch_size):
-            yield collate(batch)
 
 
 def _distinct_tokens(
