@@ -11,8 +11,10 @@ calls `predict` here, so both commands run the same code.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -69,18 +71,28 @@ def fold_sequence(context: stages.RunContext) -> None:
 
 
 def fold_matrix_file(context: stages.RunContext) -> None:
-    """Fold a distance matrix from a .npy, .npz or .csv file (fold.input=path)."""
+    """Fold a distance matrix from a .npy, .npz or .csv file (fold.input=path).
+
+    Writes positions.npy and positions.csv (minifold.folding.fold_file) and positions.png.
+    """
     from minifold.folding import fold_file
+    from minifold.viz import plot_overlay
 
     folder = instantiate(context.cfg.folder)
+    path = str(context.cfg.fold.input)
     try:
-        positions = fold_file(
-            context.cfg.fold.input, dim=context.dim, folder=folder, out_dir=context.out_dir
-        )
+        positions = fold_file(path, dim=context.dim, folder=folder, out_dir=context.out_dir)
     except ValueError as error:  # fold_file refuses a bad file by name: the user's input
         if isinstance(error, ConfigError):
             raise
         raise ConfigError(f"fold.input: {error}") from error
+    plot_overlay(
+        positions,
+        None,
+        np.ones(len(positions), dtype=bool),
+        context.out_dir / "positions.png",
+        title=f"folded {Path(path).name}",
+    )
     log.info(
         "folded %s: %d points in %dD -> %s",
         context.cfg.fold.input,

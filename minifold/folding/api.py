@@ -215,11 +215,12 @@ def fold_file(
     folder: Folder | None = None,
     out_dir: str | os.PathLike = ".",
 ) -> np.ndarray:
-    """Fold a distance matrix stored in a file and write the result beside a picture.
+    """Fold a distance matrix stored in a file and write the positions into `out_dir`.
 
-    NaN entries in the file mark unknown pairs. Writes `positions.npy`,
-    `positions.csv` and `positions.png` into `out_dir`, each atomically; a bad
-    input raises ValueError before anything is written.
+    NaN entries in the file mark unknown pairs. Writes `positions.npy` and
+    `positions.csv`, each atomically; a bad input raises ValueError before
+    anything is written. (`python -m minifold.predict fold.input=...` also draws
+    positions.png.)
 
     Returns:
         [N, dim] positions (NumPy float64)
@@ -238,14 +239,5 @@ def fold_file(
         np.save(temporary, positions)
     with atomic_path(out / "positions.csv") as temporary:
         np.savetxt(temporary, positions, delimiter=",")
-    from minifold.viz import plot_overlay
-
-    plot_overlay(
-        positions,
-        None,
-        np.ones(len(positions), dtype=bool),
-        out / "positions.png",
-        title=f"folded {Path(path).name}",
-    )
     log.info("folded %s (%d points) into %s", path, len(positions), out)
     return positions
