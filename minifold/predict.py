@@ -3,9 +3,10 @@
     python -m minifold.predict ckpt_path=RUN/checkpoints/best.ckpt sequence=abeaefcgee...
     python -m minifold.predict fold.input=matrix.npy
 
-minifold/conf/predict.yaml is the pipeline's config with `ckpt_path: ???` (a sequence needs a
-checkpoint; a matrix file does not). `python -m minifold.run sequence=... / fold.input=...`
-calls `predict` here, so both commands run the same code.
+minifold/conf/predict.yaml shares the pipeline's groups and settings (minifold/conf/shared.yaml)
+and requires `ckpt_path: ???` (a sequence needs a checkpoint; a matrix file does not).
+`python -m minifold.run sequence=... / fold.input=...` calls `predict` here, so both commands
+run the same code.
 """
 
 from __future__ import annotations
