@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-
-try:
-    from omegaconf import OmegaConf
-except ImportError:  # a bare torch install (e.g. a GPU bench machine): no configs to resolve
-    OmegaConf = None
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -33,10 +31,6 @@ def project_root() -> str:
     return str(checkout) if _is_checkout(checkout) else os.getcwd()
 
 
-if OmegaConf is not None and not OmegaConf.has_resolver("minifold_root"):
-    OmegaConf.register_new_resolver("minifold_root", project_root)
-
-
 def run_group(default: str) -> str:
     """Name grouping this job's runs: the sweep dir's name in a multirun, else `default`."""
     try:
@@ -52,23 +46,33 @@ def run_group(default: str) -> str:
     return default
 
 
-if OmegaConf is not None:
-    if not OmegaConf.has_resolver("run_group"):
-        OmegaConf.register_new_resolver("run_group", run_group)
-    if not OmegaConf.has_resolver("stages_name"):
-        OmegaConf.register_new_resolver("stages_name", lambda stages: "+".join(stages))
-    if not OmegaConf.has_resolver("vocab_size"):
+def _run_name(dim: int | None = None) -> str:
+    """`${run_name:${dim}}`: model, dim and overrides, e.g. birnn-3d-bd0.3 (see minifold.naming)."""
+    from minifold.naming import run_name
+
+    return run_name(dim)
+
+
+def _register_resolvers() -> None:
+    """The OmegaConf resolvers minifold/conf/ uses (once per process)."""
+    from omegaconf import OmegaConf
+
+    resolvers: dict[str, Callable[..., Any]] = {
+        "minifold_root": project_root,
+        "run_group": run_group,
+        "stages_name": lambda stages: "+".join(stages),
         # Token ids are PAD (0) plus one per letter.
-        OmegaConf.register_new_resolver("vocab_size", lambda alphabet: len(str(alphabet)) + 1)
+        "vocab_size": lambda alphabet: len(str(alphabet)) + 1,
+        "run_name": _run_name,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
-if not OmegaConf.has_resolver("run_name"):
-    # `${run_name:${dim}}`: model, dim and overrides, e.g. birnn-3d-bd0.3 (see minifold.naming)
-    def _run_name(dim=None) -> str:
-        from minifold.naming import run_name
 
-        return run_name(dim)
-
-    OmegaConf.register_new_resolver("run_name", _run_name)
+# A bare torch install (e.g. a GPU bench machine) has no OmegaConf and no configs to resolve.
+if importlib.util.find_spec("omegaconf") is not None:
+    _register_resolvers()
 
 # The notebook API, imported on first use so that `import minifold` stays light:
 # minifold.fold (folding.fold itself, with its real signature), minifold.load, minifold.train.

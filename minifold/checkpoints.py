@@ -8,7 +8,7 @@ differs from the config in any setting that shapes it is refused, naming each ke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -81,7 +81,9 @@ def _option_for(group: str, target: str) -> str | None:
 def checkpoint_differences(hparams: dict, cfg: DictConfig) -> list[str]:
     """Every model-shaping setting where the checkpoint and the config disagree, root causes
     first: `dim=2 in the checkpoint, dim=3 in the config`."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True) if "model" in cfg else {}
+    model_cfg: dict[str, Any] = {}
+    if "model" in cfg:  # a DictConfig's container is a dict
+        model_cfg = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     current = {
         "dim": cfg.get("dim"),
         "alphabet": OmegaConf.select(cfg, "generator.alphabet"),

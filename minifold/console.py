@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -85,7 +85,8 @@ def choices_table(cfg: DictConfig, identity: RunIdentity) -> Table:
 def config_tree(cfg: DictConfig) -> Tree:
     """The resolved config as a rich tree, one branch per top-level key."""
     tree = Tree("config", guide_style="dim")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # a DictConfig's container is a dict
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     keys = [k for k in TREE_ORDER if k in resolved] + [k for k in resolved if k not in TREE_ORDER]
     for key in keys:
         value = resolved[key]

@@ -37,10 +37,11 @@ class Integer:
             return None if self.none else self.describe()
         if isinstance(value, bool) or not isinstance(value, Integral):
             return self.describe()
-        if value in self.extra:
+        number = int(value)
+        if number in self.extra:
             return None
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
+        if (self.low is not None and number < self.low) or (
+            self.high is not None and number > self.high
         ):
             return self.describe()
         return None
@@ -69,11 +70,16 @@ class Number:
     def problem(self, value: Any) -> str | None:
         if value is None:
             return None if self.none else self.describe()
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, Real):
             return self.describe()
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+        number = float(value)
+        if not math.isfinite(number):
             return self.describe()
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return self.describe()
+        if self.high is not None and (
+            number >= self.high if self.high_open else number > self.high
+        ):
             return self.describe()
         return None
 
@@ -136,8 +142,8 @@ class Batches:
         if isinstance(value, bool) or value is None:
             return self.describe()
         if isinstance(value, Integral):
-            return None if value >= self.low else self.describe()
-        if isinstance(value, Real) and math.isfinite(value) and 0 < value <= 1:
+            return None if int(value) >= self.low else self.describe()
+        if isinstance(value, Real) and math.isfinite(float(value)) and 0 < float(value) <= 1:
             return None
         return self.describe()
 

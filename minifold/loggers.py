@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from hydra.utils import instantiate
@@ -51,7 +51,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             name,
             getattr(logger, "save_dir", None) or getattr(logger, "log_dir", ""),
         )
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    # a DictConfig's container is a dict
+    hparams = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     hparams.pop("hydra", None)
     identity = RunIdentity.current()
     hparams["choices"] = identity.choices

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -206,8 +206,8 @@ def stage_train(context: RunContext) -> None:
     context.history = history.rows
 
     best_path = None
-    checkpoint = getattr(trainer, "checkpoint_callback", None)
-    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
         best_path = checkpoint.best_model_path
         from minifold.models.module import DistanceModule
 

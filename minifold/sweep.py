@@ -78,8 +78,16 @@ TRAIN_ONLY_METRICS = ("val/distance_mae", "test/distance_mae")
 
 RESULTS_MARKER = "<!-- results: written by `make report`; edit above this line -->"
 # Overrides that do not tell the sweep's jobs apart.
-SHARED_ROOTS = ("hydra", "paths", "logger", "experiment", "hparams_search", "debug", "extras")
-SHARED_ROOTS += ("publish",)
+SHARED_ROOTS = (
+    "hydra",
+    "paths",
+    "logger",
+    "experiment",
+    "hparams_search",
+    "debug",
+    "extras",
+    "publish",
+)
 
 
 def _job_result(config: DictConfig, job_return: Any) -> dict:
@@ -175,13 +183,15 @@ def shared_overrides(rows: list[dict]) -> list[str]:
 
 
 def objective_direction(rows: list[dict]) -> str:
-    key = next((r.get("objective_key") for r in rows if r.get("objective_key")), "test/lddt")
+    key = str(next((r.get("objective_key") for r in rows if r.get("objective_key")), "test/lddt"))
     return direction(key) or "higher"
 
 
 def best_row(rows: list[dict], key: str | None = None) -> dict | None:
     """The finished job with the best value of `key` (the objective by default)."""
-    key = key or next((r.get("objective_key") for r in rows if r.get("objective_key")), "test/lddt")
+    key = key or str(
+        next((r.get("objective_key") for r in rows if r.get("objective_key")), "test/lddt")
+    )
     scored = [r for r in rows if r.get("status") == "ok" and _number(r.get(key)) is not None]
     scored = [r for r in scored if not math.isnan(float(r[key]))]
     if not scored:
@@ -278,10 +288,10 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
             if len(groups) > 1:
                 axis.legend(fontsize=7)
         else:
-            xs = list(range(len(scored)))
-            axis.plot(xs, [float(r[key]) for r in scored], marker="o", linestyle="")
+            jobs = list(range(len(scored)))
+            axis.plot(jobs, [float(r[key]) for r in scored], marker="o", linestyle="")
             axis.set_xticks(
-                xs, [str(r.get("name")) for r in scored], rotation=30, ha="right", fontsize=7
+                jobs, [str(r.get("name")) for r in scored], rotation=30, ha="right", fontsize=7
             )
             axis.set_xlabel("job")
         best = best_row(scored, key)
@@ -358,7 +368,7 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
         lines += ["", "Every job: " + " ".join(f"`{o}`" for o in shared)]
     best = best_row(rows)
     if best is not None:
-        key = best.get("objective_key")
+        key = str(best.get("objective_key"))
         lines += [
             "",
             f"Best (★, {key}, {direction(key) or 'higher'} is better): job {best['job']} "

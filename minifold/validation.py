@@ -316,7 +316,7 @@ def check_objects(cfg: DictConfig, build_model: bool) -> None:
         try:
             instantiate(cfg[group])
         except Exception as error:
-            cause = error
+            cause: BaseException = error
             while cause.__cause__ is not None:
                 cause = cause.__cause__
             if isinstance(cause, ConfigError):

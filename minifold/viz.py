@@ -11,6 +11,7 @@ Figures are small so that plotting never dominates a run.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -159,7 +160,7 @@ def plot_distance_heatmaps(true_distances, pred_distances, path=None) -> Figure:
 def plot_shape_gallery(
     positions,
     mask,
-    sequences: list[str],
+    sequences: Sequence[str],
     path=None,
     alphabet: str = "abcdefgh",
     columns: int = 4,
@@ -241,12 +242,12 @@ def folding_gif(
     if true is not None:
         true_t = torch.as_tensor(_numpy(true))
         stacked, _ = superpose(stacked, true_t.expand_as(stacked), real.expand(len(frames), -1))
-    stacked = stacked[:, real].numpy()
-    steps = list(iterations) if iterations is not None else list(range(1, len(stacked) + 1))
+    frames_shown = stacked[:, real].numpy()  # [F, N_real, dim]
+    steps = list(iterations) if iterations is not None else list(range(1, len(frames_shown) + 1))
     figure = Figure(figsize=(4.5, 4.5))
     axes = _axes(figure, dim, 1, 1, 1)
     reference = np.concatenate(
-        [stacked.reshape(-1, dim)] + ([true_t[real].numpy()] if true is not None else [])
+        [frames_shown.reshape(-1, dim)] + ([true_t[real].numpy()] if true is not None else [])
     )
     low, high = reference.min(0), reference.max(0)
     pad = 0.05 * float((high - low).max() + 1e-9)
@@ -257,7 +258,7 @@ def folding_gif(
             axes.set_aspect("equal", adjustable="box")
         if true is not None:
             _draw_chain(axes, true_t[real].numpy(), dim, color="0.7")
-        _draw_chain(axes, stacked[i], dim, color="tab:blue")
+        _draw_chain(axes, frames_shown[i], dim, color="tab:blue")
         if dim >= 3:
             _equal_3d(axes, reference)
             axes.view_init(elev=20, azim=30 + 2 * i)
@@ -265,16 +266,16 @@ def folding_gif(
             axes.set_xlim(low[0] - pad, high[0] + pad)
             if dim >= 2:
                 axes.set_ylim(low[1] - pad, high[1] + pad)
-        title = f"iteration {steps[i]} (frame {i + 1}/{len(stacked)})"
+        title = f"iteration {steps[i]} (frame {i + 1}/{len(frames_shown)})"
         if losses is not None:
             title += f"\nloss {float(losses[i]):.4g}"
         axes.set_title(title, fontsize=11)
         return []
 
     if path is None:
-        draw(len(stacked) - 1)
+        draw(len(frames_shown) - 1)
         return figure
-    movie = animation.FuncAnimation(figure, draw, frames=len(stacked), blit=False)
+    movie = animation.FuncAnimation(figure, draw, frames=len(frames_shown), blit=False)
     _save_atomically(
         path, lambda name: movie.save(name, writer=animation.PillowWriter(fps=fps), dpi=FIGURE_DPI)
     )

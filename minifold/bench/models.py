@@ -14,7 +14,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -24,6 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 import minifold
 from minifold.data.generator import ShapeGenerator
 from minifold.metrics import distance_mae, lddt_distances
+
+if TYPE_CHECKING:  # types only
+    from minifold.models.module import DistanceModule
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,12 @@ def model_config(name: str, head: str = "regression", dim: int = 2) -> DictConfi
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(minifold.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}", f"model/head={head}", f"dim={dim}"])
-    return OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    # a dict's config is a DictConfig
+    return cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True)))
 
 
 @torch.no_grad()
-def evaluate(module: L.LightningModule, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+def evaluate(module: DistanceModule, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Mean per-sequence distance MAE and lDDT over `batches` (eval mode)."""
     was_training = module.training
     module.eval()
@@ -76,7 +80,7 @@ class WallClockEvaluation(L.Callback):
         self.samples = 0
         self.steps = 0
         self.training_s = 0.0
-        self._started: float | None = None
+        self._started = 0.0  # set at each batch's start
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self._started = time.perf_counter()

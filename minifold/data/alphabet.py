@@ -68,7 +68,11 @@ class Alphabet:
     def decode(self, tokens: torch.Tensor) -> str | list[str]:
         """Letters of [N] tokens, or a list for [B, N]; PAD is dropped."""
         if tokens.dim() == 2:
-            return [self.decode(row) for row in tokens]
+            return [self._letters(row) for row in tokens]
+        return self._letters(tokens)
+
+    def _letters(self, tokens: torch.Tensor) -> str:
+        """Letters of [N] tokens; PAD is dropped."""
         ids = tokens.tolist()
         if any(i < 0 or i > len(self.letters) for i in ids):
             raise ValueError(f"token ids must lie in 0..{len(self.letters)}, got {ids}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,18 @@ class ShapeGenerator(nn.Module):
         seed: seed of the weights.
         min_len, max_len: sampled lengths are uniform over [min_len, max_len].
     """
+
+    alphabet: Alphabet
+    dim: int
+    back_discount: float
+    reference_code: bool
+    min_len: int
+    max_len: int
+    hparams: dict[str, Any]
+    embedding: nn.Embedding
+    forward_rnn: nn.RNN
+    backward_rnn: nn.RNN
+    step_mlp: nn.Sequential
 
     def __init__(
         self,

@@ -97,7 +97,7 @@ class BiRNNBackbone(nn.Module):
             + self.product(product)
             + self.relative_position(n, tokens.device)
         )
-        if self.chain is not None:
+        if self.chain is not None and self.chain_projection is not None:
             hidden = hidden + self.chain_projection(self.chain(features, mask))
         pair = self.pair_mlp(hidden)
         return pair * make_pair_mask(mask, include_diagonal=True)[..., None].to(pair.dtype)

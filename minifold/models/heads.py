@@ -10,11 +10,23 @@ Every head has the same three methods:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 REGRESSION_LOSSES = ("mse", "l1", "huber")
+
+
+class Head(Protocol):
+    """The three methods above: what DistanceModule needs of a head (an nn.Module)."""
+
+    def __call__(self, pair: Tensor) -> dict[str, Tensor]: ...
+
+    def distances(self, outputs: dict[str, Tensor]) -> Tensor: ...
+
+    def loss(self, outputs: dict[str, Tensor], distances: Tensor, pair_mask: Tensor) -> Tensor: ...
 
 
 def _symmetrise(values: Tensor) -> Tensor:
@@ -96,6 +108,9 @@ class DistogramHead(nn.Module):
         max_distance: the range used until `set_range` is called.
         margin: the upper edge is max_distance * margin.
     """
+
+    bin_edges: Tensor  # [K + 1] buffer
+    bin_centers: Tensor  # [K] buffer
 
     def __init__(
         self, pair_dim: int, num_bins: int = 64, max_distance: float = 8.0, margin: float = 1.05

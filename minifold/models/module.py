@@ -7,16 +7,18 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import hydra.utils
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from minifold.geometry import pair_mask as make_pair_mask
 from minifold.metrics import distance_mae, lddt_distances
+from minifold.models.heads import DistogramHead, Head
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,10 @@ def _plain(config: Any) -> Any:
 
 def _collect_rng_states() -> dict[str, Any]:
     """Every random state a training step can draw from (torch CPU and CUDA, NumPy, Python)."""
-    import numpy as np
-
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         # as plain types and tensors, so the checkpoint loads with weights_only=True
-        "numpy": _numpy_state_as_tensor(np.random.get_state()),
+        "numpy": _numpy_state_as_tensor(np.random.get_state(legacy=True)),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -48,14 +48,17 @@ def _collect_rng_states() -> dict[str, Any]:
     return states
 
 
-def _numpy_state_as_tensor(state: tuple) -> tuple:
+def _numpy_state_as_tensor(
+    state: dict[str, Any] | tuple[str, np.ndarray, int, int, float],
+) -> tuple[str, Tensor, int, int, float]:
+    """NumPy's legacy (MT19937) global state with its key array as a tensor."""
+    if isinstance(state, dict):  # only a global generator other than MT19937 gives a dict
+        raise TypeError(f"NumPy's global random state is {state.get('bit_generator')}, not MT19937")
     kind, keys, position, has_gauss, cached = state
     return (kind, torch.from_numpy(keys.copy()), int(position), int(has_gauss), float(cached))
 
 
 def _set_rng_states(states: Mapping[str, Any]) -> None:
-    import numpy as np
-
     torch.set_rng_state(states["torch"])
     kind, keys, position, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
@@ -142,7 +145,12 @@ class DistanceModule(L.LightningModule):
         head_kwargs = {}
         if isinstance(head, Mapping) and "pair_dim" not in head:
             head_kwargs["pair_dim"] = self.net.pair_dim
-        self.head = _build(head, "model.head", **head_kwargs)
+        built = _build(head, "model.head", **head_kwargs)
+        for method in ("distances", "loss"):
+            if not callable(getattr(built, method, None)):
+                raise ValueError(f"head {type(built).__name__} has no {method}() method")
+        # an nn.Module with the Head methods (checked above)
+        self.head: Head = cast(Head, built)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Squared error and pair count summed over an epoch: the RMSE pools all real
@@ -164,7 +172,7 @@ class DistanceModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Distogram bins span the training data; only when fitting, so that
         # testing or predicting with other data keeps the trained bins.
-        if stage != "fit" or not hasattr(self.head, "set_range"):
+        if stage != "fit" or not isinstance(self.head, DistogramHead):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         max_distance = getattr(datamodule, "max_distance", None) if datamodule else None
@@ -279,7 +287,7 @@ class DistanceModule(L.LightningModule):
             result["index"] = batch["index"]
         if "std" in outputs:
             result["std"] = outputs["std"] * pairs
-        if "probabilities" in outputs:
+        if "probabilities" in outputs and isinstance(self.head, DistogramHead):
             full = make_pair_mask(mask, include_diagonal=True)
             result["probabilities"] = outputs["probabilities"] * full[..., None]
             result["bin_centers"] = self.head.bin_centers
@@ -310,7 +318,7 @@ class DistanceModule(L.LightningModule):
         reference = self.hparams.get("lr_reference_batch_size")
         scaling = self.hparams.get("lr_scaling")
         if reference and scaling:
-            scale = self.hparams.batch_size / reference
+            scale = self.hparams["batch_size"] / reference
             scale = math.sqrt(scale) if scaling == "sqrt" else scale
             for group in optimizer.param_groups:
                 group["lr"] *= scale
@@ -319,6 +327,7 @@ class DistanceModule(L.LightningModule):
         factory = self._factory(self.scheduler_factory)
         given = dict(getattr(factory, "keywords", {}) or {})
         target = getattr(factory, "func", factory)
+        parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(target).parameters
         except (TypeError, ValueError):
@@ -326,8 +335,8 @@ class DistanceModule(L.LightningModule):
         extra = {}
         for name in TOTAL_STEP_ARGUMENTS:
             if name in parameters and name not in given:
-                total = self.trainer.estimated_stepping_batches
-                if self.hparams.scheduler_interval == "epoch":
+                total: float | None = self.trainer.estimated_stepping_batches
+                if self.hparams["scheduler_interval"] == "epoch":
                     total = self.trainer.max_epochs
                 if total is None or not math.isfinite(total) or total < 1:
                     raise ValueError(
@@ -339,7 +348,10 @@ class DistanceModule(L.LightningModule):
         scheduler = factory(optimizer, **extra)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams["scheduler_interval"],
+            },
         }
 
     # ------------------------------------------------------------- notebooks
@@ -358,6 +370,6 @@ class DistanceModule(L.LightningModule):
 
         if isinstance(sequences, str):
             sequences = [sequences]
-        alphabet = Alphabet(self.hparams.alphabet, max_len=int(self.hparams.max_len))
+        alphabet = Alphabet(self.hparams["alphabet"], max_len=int(self.hparams["max_len"]))
         tokens, mask = alphabet.encode_batch(list(sequences))
         return self.predict(tokens, mask)

@@ -128,7 +128,7 @@ class PairResNetBackbone(nn.Module):
         # A linear map of the concatenation [f_i, f_j] is left(f_i) + right(f_j).
         pair = self.left(features)[:, :, None, :] + self.right(features)[:, None, :, :]
         pair = pair + self.relative_position(n, tokens.device)
-        if self.chain is not None:
+        if self.chain is not None and self.chain_projection is not None:
             pair = pair + self.chain_projection(self.chain(features, mask))
         pairs = make_pair_mask(mask, include_diagonal=True)[:, None].to(pair.dtype)
         x = pair.permute(0, 3, 1, 2) * pairs  # [B, C, N, N]

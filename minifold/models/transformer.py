@@ -80,7 +80,7 @@ class TransformerBackbone(nn.Module):
         pair = states[:, :, None, :] + states[:, None, :, :]
         if self.relative_position is not None:
             pair = pair + self.relative_position(n, tokens.device)
-        if self.chain is not None:
+        if self.chain is not None and self.chain_projection is not None:
             pair = pair + self.chain_projection(self.chain(states, mask))
         pair = self.pair_mlp(pair)
         return pair * make_pair_mask(mask, include_diagonal=True)[..., None].to(pair.dtype)
