@@ -384,7 +384,10 @@ class HistoryCallback(Callback):
 # training replaces by the train split's largest distance. max_len is not compared:
 # a longer generator.max_len only asks the model for longer sequences.
 MODEL_SHAPING = ("dim", "alphabet", "head", "net")
-TRAINING_ONLY = {"net": ("dropout",), "head": ("loss", "huber_delta", "relative_power", "max_distance")}
+TRAINING_ONLY = {
+    "net": ("dropout",),
+    "head": ("loss", "huber_delta", "relative_power", "relative_offset", "max_distance"),
+}
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:

@@ -218,6 +218,7 @@ CONSTRAINTS: dict[str, Any] = {
     "model.head.huber_delta": POSITIVE,
     "model.head.loss": Options(("mse", "l1", "huber", "relative")),
     "model.head.relative_power": NON_NEGATIVE,
+    "model.head.relative_offset": NON_NEGATIVE,
     "trainer.max_epochs": Integer(1, none=True, extra=(-1,)),
     "trainer.max_steps": Integer(1, extra=(-1,)),
     "trainer.log_every_n_steps": SIZE,

@@ -370,5 +370,13 @@ def test_relative_loss_is_scale_free_weighs_short_pairs_and_floors_collisions():
     per_pair = torch.full((4, 4), 0.05**2) / torch.where(touching[0] < 0.1, 0.1, touching[0]) ** 2
     expected = per_pair[pairs[0]].mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # an offset of 1 mean step (here 1): the short pair's error costs (3+1)^2 / (1+1)^2 = 4x
+    offset = RegressionHead(pair_dim=4, loss="relative", relative_offset=1.0)
+    ratio = offset.loss({"distances": short}, distances, pairs) / offset.loss(
+        {"distances": long}, distances, pairs
+    )
+    assert ratio.item() == pytest.approx(4.0, rel=1e-5)
     with pytest.raises(ValueError, match="relative_power is -1"):
         RegressionHead(pair_dim=4, loss="relative", relative_power=-1)
+    with pytest.raises(ValueError, match="relative_offset is -0.5"):
+        RegressionHead(pair_dim=4, loss="relative", relative_offset=-0.5)
