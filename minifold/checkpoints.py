@@ -24,7 +24,10 @@ if TYPE_CHECKING:  # types only: the model module loads Lightning
 # training replaces by the train split's largest distance. max_len is not compared:
 # a longer generator.max_len only asks the model for longer sequences.
 MODEL_SHAPING = ("dim", "alphabet", "head", "net")
-TRAINING_ONLY = {"net": ("dropout",), "head": ("loss", "huber_delta", "max_distance")}
+TRAINING_ONLY = {
+    "net": ("dropout",),
+    "head": ("loss", "huber_delta", "relative_power", "relative_offset", "max_distance"),
+}
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:

@@ -335,3 +335,48 @@ def test_model_files_hold_their_network_and_rate_only():
         own = OmegaConf.load(path)
         assert set(own) <= {"defaults", "net", "optimizer"}, path.name
         assert set(own.get("optimizer", {})) <= {"lr"}, path.name
+
+
+def test_relative_loss_is_scale_free_weighs_short_pairs_and_floors_collisions():
+    # a 4-point chain with steps 1, 1, 1 on a line: distances |i - j|
+    line = torch.arange(4.0)
+    distances = (line[:, None] - line[None]).abs()[None]
+    pairs = pair_mask(torch.ones(1, 4, dtype=torch.bool))
+    head = RegressionHead(pair_dim=4, loss="relative", relative_power=2.0)
+    # 10% too long everywhere: the squared relative error is 0.01 on every pair
+    loss = head.loss({"distances": 1.1 * distances}, distances, pairs)
+    assert loss.item() == pytest.approx(0.01, rel=1e-5)
+    # the same shape 100x larger has the same loss (mse's would be 10^4 times larger)
+    big = head.loss({"distances": 110 * distances}, 100 * distances, pairs)
+    assert big.item() == pytest.approx(loss.item(), rel=1e-5)
+    # an error of 0.5 on the shortest pair (d = 1) costs 9x one on the longest (d = 3)
+    short, long = distances.clone(), distances.clone()
+    short[0, 0, 1] = short[0, 1, 0] = 1.5
+    long[0, 0, 3] = long[0, 3, 0] = 3.5
+    ratio = head.loss({"distances": short}, distances, pairs) / head.loss(
+        {"distances": long}, distances, pairs
+    )
+    assert ratio.item() == pytest.approx(9.0, rel=1e-5)
+    # power 1 (Sammon): 3x
+    sammon = RegressionHead(pair_dim=4, loss="relative", relative_power=1.0)
+    ratio = sammon.loss({"distances": short}, distances, pairs) / sammon.loss(
+        {"distances": long}, distances, pairs
+    )
+    assert ratio.item() == pytest.approx(3.0, rel=1e-5)
+    # two far residues that nearly touch weigh as if 0.1 mean steps apart, not 1e-6
+    touching = distances.clone()
+    touching[0, 0, 3] = touching[0, 3, 0] = 1e-6
+    loss = head.loss({"distances": touching + 0.05 * pairs}, touching, pairs)
+    per_pair = torch.full((4, 4), 0.05**2) / torch.where(touching[0] < 0.1, 0.1, touching[0]) ** 2
+    expected = per_pair[pairs[0]].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # an offset of 1 mean step (here 1): the short pair's error costs (3+1)^2 / (1+1)^2 = 4x
+    offset = RegressionHead(pair_dim=4, loss="relative", relative_offset=1.0)
+    ratio = offset.loss({"distances": short}, distances, pairs) / offset.loss(
+        {"distances": long}, distances, pairs
+    )
+    assert ratio.item() == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ValueError, match="relative_power is -1"):
+        RegressionHead(pair_dim=4, loss="relative", relative_power=-1)
+    with pytest.raises(ValueError, match="relative_offset is -0.5"):
+        RegressionHead(pair_dim=4, loss="relative", relative_offset=-0.5)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-REGRESSION_LOSSES = ("mse", "l1", "huber")
+REGRESSION_LOSSES = ("mse", "l1", "huber", "relative")
+# relative: distances below this fraction of the batch's mean step weigh as if they were it
+RELATIVE_FLOOR = 0.1
 
 
 class Head(Protocol):
@@ -55,16 +57,36 @@ class RegressionHead(nn.Module):
 
     Args:
         pair_dim: channels of the pair features (the backbone's `pair_dim`).
-        loss: "mse", "l1" or "huber" over real pairs.
+        loss: "mse", "l1", "huber" or "relative" over real pairs. "relative" is the squared
+            error over target^relative_power (2: squared relative error, scale-free; 1:
+            Sammon's stress, the folder's default potential): short distances, which set
+            the local geometry, weigh as much as long ones.
         huber_delta: the Huber loss's switch from quadratic to linear.
+        relative_power: the power of the target dividing the squared error ("relative").
+        relative_offset: added to every target before the power, in mean steps (adjacent
+            pairs' mean distance): 0 is the plain relative error; larger values move the
+            loss towards mse, so long pairs, which set the global shape, keep their weight.
     """
 
-    def __init__(self, pair_dim: int, loss: str = "mse", huber_delta: float = 0.1) -> None:
+    def __init__(
+        self,
+        pair_dim: int,
+        loss: str = "mse",
+        huber_delta: float = 0.1,
+        relative_power: float = 2.0,
+        relative_offset: float = 0.0,
+    ) -> None:
         super().__init__()
         if loss not in REGRESSION_LOSSES:
             raise ValueError(f"head.loss is {loss!r}; choose one of {REGRESSION_LOSSES}")
+        if not relative_power >= 0:
+            raise ValueError(f"head.relative_power is {relative_power}; it must be >= 0")
         self.loss_name = loss
         self.huber_delta = float(huber_delta)
+        if not relative_offset >= 0:
+            raise ValueError(f"head.relative_offset is {relative_offset}; it must be >= 0")
+        self.relative_power = float(relative_power)
+        self.relative_offset = float(relative_offset)
         self.projection = nn.Linear(pair_dim, 1)
 
     def forward(self, pair: Tensor) -> dict[str, Tensor]:
@@ -90,9 +112,27 @@ class RegressionHead(nn.Module):
             per_pair = (pred - distances).square()
         elif self.loss_name == "l1":
             per_pair = (pred - distances).abs()
+        elif self.loss_name == "relative":
+            scale = _relative_scale(distances, pair_mask, self.relative_offset)
+            per_pair = (pred - distances).square() / scale.pow(self.relative_power)
         else:
             per_pair = F.huber_loss(pred, distances, reduction="none", delta=self.huber_delta)
         return _masked_mean(per_pair, pair_mask)
+
+
+def _relative_scale(distances: Tensor, pair_mask: Tensor, offset: float = 0.0) -> Tensor:
+    """[B, N, N] targets floored at RELATIVE_FLOOR of the batch's mean step (adjacent pairs),
+    plus `offset` mean steps.
+
+    The floor keeps a near-collision of two far-apart residues from dominating the loss;
+    taking it from the data keeps the loss free of the shapes' scale.
+    """
+    adjacent = torch.diagonal(pair_mask, offset=1, dim1=1, dim2=2)
+    steps = torch.diagonal(distances, offset=1, dim1=1, dim2=2)
+    mean_step = torch.where(
+        adjacent, steps, torch.zeros_like(steps)
+    ).sum() / adjacent.sum().clamp_min(1)
+    return distances.clamp_min(RELATIVE_FLOOR * mean_step) + offset * mean_step
 
 
 class DistogramHead(nn.Module):
