@@ -79,7 +79,8 @@ def fold_matrix_file(context: stages.RunContext) -> None:
     from minifold.folding import fold_file
     from minifold.viz import plot_overlay
 
-    folder = instantiate(context.cfg.folder)
+    # a matrix from a file is no model's prediction: no training length to trust
+    folder = instantiate(context.cfg.folder, separation_scale=None)
     path = str(context.cfg.fold.input)
     try:
         positions = fold_file(path, dim=context.dim, folder=folder, out_dir=context.out_dir)

@@ -47,6 +47,7 @@ from minifold.folding.objectives import (
     problem_scale,
     relative_fit_error,
     relative_weights,
+    separation_weights,
 )
 from minifold.folding.optimize import Trajectory, lbfgs, smacof
 from minifold.folding.options import Rule, as_type, at_least, choice
@@ -133,6 +134,12 @@ class Folder:
             before weighting the pair by its inverse, as a fraction of the
             squared bin range (`confidence_weights`; the fold stage weighs a
             distogram head's std with the same function).
+        separation_scale: pairs farther apart in the chain than this many points weigh
+            (separation_scale / separation)^separation_power (`separation_weights`):
+            a model's distances beyond its training lengths extrapolate with a bias.
+            None (the default) weighs every separation alike; the fold stage sets the
+            training sequences' longest length (`minifold/conf/folder/lbfgs.yaml`).
+        separation_power: how fast those weights fall (0: not at all).
         trajectory_every: keep positions every this many iterations when a
             trajectory is asked for.
         return_trajectory: keep the trajectory on every call.
@@ -163,6 +170,8 @@ class Folder:
         "confidence_eps": at_least(float, 0),
         "fit_warning": at_least(float, 0),
         "relative_power": at_least(float, 0),
+        "separation_scale": at_least(float, 1, none=True),
+        "separation_power": at_least(float, 0),
         "return_trajectory": as_type(bool),
         "seed": as_type(int),
     }
@@ -188,6 +197,8 @@ class Folder:
     confidence_eps: float
     fit_warning: float
     relative_power: float
+    separation_scale: float | None
+    separation_power: float
     return_trajectory: bool
     seed: int
 
@@ -216,6 +227,8 @@ class Folder:
         dtype: str = "float64",
         fit_warning: float = 0.1,
         check_every: int | None = None,
+        separation_scale: float | None = None,
+        separation_power: float = 4.0,
     ) -> None:
         given = locals()
         for name, rule in self._parameter_constraints.items():
@@ -270,6 +283,10 @@ class Folder:
                     "finite and >= 0 (0 = unknown pair)"
                 )
             base_weights = base_weights * (0.5 * weights + 0.5 * weights.transpose(-1, -2))
+        if self.separation_scale is not None and self.separation_power > 0:
+            base_weights = base_weights * separation_weights(
+                mask, self.separation_scale, self.separation_power, self.dtype
+            )
 
         likelihood = None
         fit_weights = base_weights
