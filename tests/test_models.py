@@ -380,3 +380,25 @@ def test_relative_loss_is_scale_free_weighs_short_pairs_and_floors_collisions():
         RegressionHead(pair_dim=4, loss="relative", relative_power=-1)
     with pytest.raises(ValueError, match="relative_offset is -0.5"):
         RegressionHead(pair_dim=4, loss="relative", relative_offset=-0.5)
+
+
+def test_transformer_embedding_scale_and_pre_norm_options():
+    from minifold.models.transformer import TransformerBackbone
+
+    torch.manual_seed(0)
+    tokens = torch.tensor([[1, 2, 3, 4, 0], [4, 3, 2, 0, 0]])
+    mask = tokens > 0
+    scaled = TransformerBackbone(vocab_size=5, d_model=16, num_heads=2, ff_dim=32, num_layers=1)
+    plain = TransformerBackbone(
+        vocab_size=5, d_model=16, num_heads=2, ff_dim=32, num_layers=1, scale_embedding=False
+    )
+    plain.load_state_dict(scaled.state_dict())
+    scaled.eval(), plain.eval()
+    # unscaled embeddings 4x (sqrt 16) larger give the scaled model's output
+    with torch.no_grad():
+        plain.embedding.weight.mul_(4.0)
+        torch.testing.assert_close(plain(tokens, mask), scaled(tokens, mask))
+        plain.embedding.weight.div_(4.0)
+        assert not torch.allclose(plain(tokens, mask), scaled(tokens, mask))
+    pre = TransformerBackbone(vocab_size=5, d_model=16, num_heads=2, num_layers=1, norm_first=True)
+    assert pre.encoder.layers[0].norm_first and not scaled.encoder.layers[0].norm_first

@@ -26,6 +26,10 @@ class TransformerBackbone(nn.Module):
         max_separation: where that clipping happens.
         chain_groups: number of chain-feature groups (0 turns them off).
         chain_group_dim: dimension of each chain step vector.
+        scale_embedding: multiply token embeddings by sqrt(d_model), as the reference
+            does. With nn.Embedding's N(0, 1) start that makes them 8x (d_model 64)
+            the size of the sinusoidal positions, and the encoder barely sees order.
+        norm_first: pre-LayerNorm encoder layers (the reference: post-LayerNorm).
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class TransformerBackbone(nn.Module):
         max_separation: int = 32,
         chain_groups: int = 0,
         chain_group_dim: int = 2,
+        scale_embedding: bool = True,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         if d_model % num_heads != 0:
@@ -48,10 +54,11 @@ class TransformerBackbone(nn.Module):
         if d_model % 2 != 0:
             raise ValueError(f"d_model is {d_model}; sinusoidal encodings need it even")
         self.d_model = d_model
+        self.embedding_scale = math.sqrt(d_model) if scale_embedding else 1.0
         self.pair_dim = pair_dim
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=0)
         layer = nn.TransformerEncoderLayer(
-            d_model, num_heads, ff_dim, dropout=dropout, batch_first=True
+            d_model, num_heads, ff_dim, dropout=dropout, batch_first=True, norm_first=norm_first
         )
         # No nested tensors: they return padding as zeros only in eval mode, and the
         # pair features are masked anyway.
@@ -74,7 +81,7 @@ class TransformerBackbone(nn.Module):
             [B, N, N, pair_dim] pair features, zero outside real pairs
         """
         n = tokens.shape[1]
-        embedded = self.embedding(tokens) * math.sqrt(self.d_model)
+        embedded = self.embedding(tokens) * self.embedding_scale
         embedded = embedded + sinusoidal_encoding(n, self.d_model, tokens.device)
         states = self.encoder(embedded, src_key_padding_mask=~mask)
         pair = states[:, :, None, :] + states[:, None, :, :]
