@@ -324,6 +324,43 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
     return figure
 
 
+def plot_lengths(rows: list[dict], path: Path | None = None) -> Figure | None:
+    """lDDT, GDT-TS and TM-score medians against the test split's length factor, a line
+    per finished job (labelled by what the sweep varied); None without longer splits."""
+    done = [r for r in rows if r.get("status") == "ok"]
+    prefixes = length_split_prefixes(done)
+    if not done or not prefixes:
+        return None
+    factors = [1] + [int(prefix[len("test_x") :]) for prefix in prefixes]
+    splits = ["test", *prefixes]
+    parameters = sweep_parameters(rows)
+    figure = Figure(figsize=(5 * len(LENGTH_SUMMARY_METRICS), 3.8), layout="tight")
+    axes = figure.subplots(1, len(LENGTH_SUMMARY_METRICS), squeeze=False).ravel()
+    for axis, metric in zip(axes, LENGTH_SUMMARY_METRICS, strict=True):
+        for row in done:
+            points = [
+                (factor, _number(row.get(f"{split}/{metric}")))
+                for factor, split in zip(factors, splits, strict=True)
+            ]
+            points = [(x, y) for x, y in points if y is not None]
+            if not points:
+                continue
+            label = ", ".join(f"{k.split('.')[-1]}={_pairs(row).get(k)}" for k in parameters)
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", label=label or str(row.get("name")))
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(factors, [f"{f}x" for f in factors])
+        axis.set_xlabel("test lengths / training lengths")
+        axis.set_title(metric_title(f"test/{metric}").replace("test/", ""), fontsize=10)
+        axis.set_ylabel(metric)
+        axis.legend(fontsize=7)
+    if path is not None:
+        from minifold.viz import save_figure
+
+        save_figure(figure, path)
+    return figure
+
+
 def plot_trials(rows: list[dict], path: Path | None = None) -> Figure | None:
     """An Optuna study's objective per trial, with the best so far as a step line."""
     objective_key = next((r.get("objective_key") for r in rows if r.get("objective_key")), None)
@@ -377,6 +414,8 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     lines += ["", *markdown_table(*summary_table(rows))]
     if plot_sweep(rows, sweep_dir / "summary.png") is not None:
         lines += ["", "![summary](summary.png)"]
+    if plot_lengths(rows, sweep_dir / "lengths.png") is not None:
+        lines += ["", "![medians against the test lengths](lengths.png)"]
     if any((r.get("choices") or {}).get("hydra/sweeper") == "optuna" for r in rows):
         if plot_trials(rows, sweep_dir / "trials.png") is not None:
             lines += ["", "![objective per trial](trials.png)"]
@@ -530,7 +569,14 @@ def publish_sweep(sweep_dir: Path, name: str | None = None, force: bool = False)
             f"sweep, or `python -m minifold.sweep publish {sweep_dir} --force`"
         )
     target.mkdir(parents=True, exist_ok=True)
-    for file_name in ("summary.md", "summary.csv", "summary.png", "trials.png", "report.html"):
+    for file_name in (
+        "summary.md",
+        "summary.csv",
+        "summary.png",
+        "lengths.png",
+        "trials.png",
+        "report.html",
+    ):
         if (sweep_dir / file_name).exists():
             shutil.copyfile(sweep_dir / file_name, target / file_name)
     refresh_readme(experiments_dir() / name)
@@ -563,7 +609,7 @@ def refresh_readme(folder: Path) -> bool:
     text = readme.read_text()
     head = text.split(RESULTS_MARKER)[0].rstrip() + "\n\n" + RESULTS_MARKER + "\n\n"
     body = summary.read_text()
-    for picture in ("summary.png", "trials.png"):
+    for picture in ("summary.png", "lengths.png", "trials.png"):
         body = body.replace(f"]({picture})", f"](results/{picture})")
     body = body.replace("# Sweep summary", "## Results: sweep", 1)
     write_text(readme, head + body)

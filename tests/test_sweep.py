@@ -25,6 +25,7 @@ from minifold.sweep import (
     SweepRecord,
     SweepSummaryCallback,
     newest_sweep,
+    plot_lengths,
     plot_sweep,
     publish_sweep,
     write_sweep_summary,
@@ -281,3 +282,32 @@ def test_optuna_summary_has_objective_parameters_and_trials(tmp_path):
     assert "trials.png" in (tmp_path / "summary.md").read_text()
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # summary.png and trials.png
+
+
+def test_lengths_plot_has_a_line_per_job_through_every_split():
+    def row(job: int, model: str, values: list[float]) -> dict:
+        result = {
+            "job": job,
+            "status": "ok",
+            "name": model,
+            "overrides": [f"model={model}"],
+        }
+        for split, value in zip(["test", "test_x2", "test_x8"], values, strict=True):
+            for metric in ("lddt_median", "gdt_ts_median", "tm_score_median"):
+                result[f"{split}/{metric}"] = value
+        return result
+
+    rows = [row(0, "birnn", [0.9, 0.8, 0.7]), row(1, "transformer", [0.6, 0.5, 0.4])]
+    rows.append({"job": 2, "status": "failed", "name": "broken", "overrides": ["model=x"]})
+    figure = plot_lengths(rows)
+    assert figure is not None
+    axes = [axis for axis in figure.axes if axis.get_visible()]
+    assert len(axes) == 3
+    for axis in axes:
+        lines = axis.get_lines()
+        assert [line.get_label() for line in lines] == ["model=birnn", "model=transformer"]
+        assert list(lines[0].get_xdata()) == [1, 2, 8]
+        assert list(lines[1].get_ydata()) == [0.6, 0.5, 0.4]
+    # no longer test splits: no plot
+    plain = [{k: v for k, v in r.items() if not k.startswith("test_x")} for r in rows]
+    assert plot_lengths(plain) is None
