@@ -339,6 +339,28 @@ def test_stress_loss_and_gradient_equal_autograd():
     assert gradient.abs().max() > 1e-2 and (gradient[2, 8:] == 0).all()
 
 
+@pytest.mark.parametrize("budget", [40, 200, 1 << 18])
+def test_stress_in_cpu_blocks_equals_autograd(monkeypatch, budget):
+    # Problems of mixed sizes, padding anywhere: blocks of problems cut to their
+    # extent, and row blocks that count each pair once, must give the same values.
+    import minifold.folding.objectives as objectives
+
+    monkeypatch.setattr(objectives, "CACHE_BLOCK_ELEMENTS", budget)
+    true = chains(7, 13, 3, seed=5)
+    targets, known = noisy_incomplete(pairwise_distances(true), 0.2, 0.3, seed=5)
+    mask = torch.ones(7, 13, dtype=torch.bool)
+    mask[1, 9:] = mask[4, 3:] = mask[5, :2] = mask[6, 6] = False
+    pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(13, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(1)
+    weights = known * pairs * torch.rand(7, 13, 13, generator=generator, dtype=torch.float64)
+    weights = weights + weights.transpose(1, 2)
+    positions = torch.randn(7, 13, 3, generator=generator, dtype=torch.float64)
+    loss, gradient = _Stress(targets, weights, mask, uniform=False)(positions)
+    torch.testing.assert_close(loss, plain_stress(positions, targets, weights))
+    torch.testing.assert_close(gradient, stress_gradient(positions, targets, weights))
+    assert (gradient[~mask] == 0).all()
+
+
 def test_lbfgs_ends_at_a_stationary_point_below_its_start():
     # potential="mse": the plain stress these oracles compute (the default weighs pairs)
     true = chains(6, 25, 2, seed=7)

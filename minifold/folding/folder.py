@@ -300,6 +300,17 @@ class Folder:
                 f"distances{list(where)} is {float(targets[where]):g}; distances of known "
                 "real pairs must be finite and >= 0 (give unknown pairs weight 0)"
             )
+        # From here on the problems go in order of size (one past the last real
+        # point): the CPU evaluates the stress in blocks of neighbouring problems,
+        # each cut to its largest, and sorted blocks waste almost nothing on padding
+        # (200 chains of N = 160..319: 20% less work). Everything returned goes
+        # back to the caller's order at the end.
+        order = _by_extent(mask)
+        mask, targets, known = mask[order], targets[order], known[order]
+        same = fit_weights is base_weights
+        base_weights = base_weights[order]
+        fit_weights = base_weights if same else fit_weights[order]
+        pairs = pair_mask(mask)
         targets = torch.where(known, targets, 0.0)
         # Halves first: the sum of two distances near float64's max overflows.
         targets = 0.5 * targets + 0.5 * targets.transpose(-1, -2)
@@ -324,6 +335,7 @@ class Folder:
             restart_noise=self.restart_noise,
             seed=self.seed,
             dtype=self.dtype,
+            order=order,
         )
         repeat = self.restarts
         stress = _Stress(
@@ -337,7 +349,7 @@ class Folder:
                 log_probabilities,
                 (centres[None, :] / scale[:, None]).repeat(repeat, 1),
                 _repeat(base_weights, repeat),
-                owner=torch.arange(batch, device=device).repeat(repeat),
+                owner=order.repeat(repeat),
             )
         trajectory: list[Tensor] | None = [starts.clone()] if keep_trajectory else None
 
@@ -380,14 +392,17 @@ class Folder:
         # Keep each problem's best start; ties go to the first (the plain start).
         best = loss.reshape(repeat, batch).argmin(0)
         pick = best * batch + torch.arange(batch, device=device)
-        unit = scale[:, None, None]
-        loss = loss[pick]
-        if self.potential == "mse":
-            loss = loss * scale**2  # squared input units (inf beyond ~1e154)
         # Centred in working units, then scaled: sums of coordinates near float64's
         # max would overflow.
         chosen = center(positions[pick], mask)
-        fit_error = relative_fit_error(chosen, targets, report_weights)
+        fit_error = relative_fit_error(chosen, targets, report_weights, mask)
+        # Back to the caller's order: sorted problem rank[b] is the caller's problem b.
+        rank = torch.argsort(order)
+        pick, mask, scale = pick[rank], mask[rank], scale[rank]
+        chosen, fit_error, loss = chosen[rank], fit_error[rank], loss[pick]
+        unit = scale[:, None, None]
+        if self.potential == "mse":
+            loss = loss * scale**2  # squared input units (inf beyond ~1e154)
         self._warn_poor_fit(fit_error)
         if trajectory is not None:
             trajectory = [(center(frame[pick], mask) * unit).to(out_dtype) for frame in trajectory]
@@ -449,6 +464,12 @@ class Folder:
             check_every=self.check_every,
             trajectory_every=self.trajectory_every,
         )
+
+
+def _by_extent(mask: Tensor) -> Tensor:
+    """[B] order of the problems by one past their last real point (stable: ties keep order)."""
+    position = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return torch.argsort((mask * position).amax(-1), stable=True)
 
 
 def _repeat(value: Tensor, times: int) -> Tensor:

@@ -259,6 +259,7 @@ def initial_positions(
     restart_noise: float,
     seed: int,
     dtype: torch.dtype,
+    order: Tensor | None = None,
 ) -> Tensor:
     """Every start of every problem; the first B are `init`, the rest explore.
 
@@ -278,24 +279,33 @@ def initial_positions(
         restart_noise: perturbation of the perturbed starts, in radii of gyration
         seed: seed of the random starts and perturbations
         dtype: dtype of the random starts
+        order: [B] the caller's problem at each row (the Folder sorts problems by
+            size): random draws follow the caller's order, so a problem's random
+            starts do not depend on how the batch was sorted. None: as given.
     Returns:
         [restarts * B, N, dim] positions, start r of problem b at row r * B + b
     """
     generator = torch.Generator().manual_seed(seed)
+    caller_mask = mask if order is None else mask[torch.argsort(order)]
+
+    def drawn(value: Tensor) -> Tensor:
+        """A draw for the caller's problems, in this batch's order."""
+        return value if order is None else value[order]
+
     # Random starts live in working units (RMS target distance 1): the same
     # start relative to the shape whatever the input's units.
     if init == "mds":
         full = complete_distances(targets, known, mask, completion)
         first = classical_mds(full, mask, dim)
     else:
-        first = random_start(mask, dim, generator).to(dtype)
+        first = drawn(random_start(caller_mask, dim, generator)).to(dtype)
     starts = [first.to(targets.device)]
     for restart in range(1, restarts):
         if init == "random" or restart % RESTART_EVERY_PERTURBED != 0:
-            starts.append(random_start(mask, dim, generator).to(dtype))
+            starts.append(drawn(random_start(caller_mask, dim, generator)).to(dtype))
         else:
             size = radius_of_gyration(first, mask).clamp_min(1e-6)[:, None, None]
-            noise = torch.randn(first.shape, generator=generator, dtype=dtype)
+            noise = drawn(torch.randn(first.shape, generator=generator, dtype=dtype))
             noise = noise.to(first.device) * restart_noise * size
             starts.append((first + noise) * mask[..., None])
     return torch.cat([start.to(targets.device) for start in starts])
