@@ -380,6 +380,21 @@ def test_lbfgs_ends_at_a_stationary_point_below_its_start():
     assert (result.loss < 0.6 * start.loss).all()
 
 
+def test_diagonal_preconditioner_reaches_the_same_minima():
+    # relative weights vary by pair: the diagonal scaling changes the path, not the minimum
+    true = chains(6, 40, 2, seed=3)
+    noisy, known = noisy_incomplete(pairwise_distances(true), 0.1, 0.3, seed=3)
+    mask = torch.ones(6, 40, dtype=torch.bool)
+    mask[2, 31:] = False  # padding stays at 0
+    weights = known.double()
+    plain = Folder(dim=2, preconditioner="none")(noisy, mask, weights=weights)
+    diagonal = Folder(dim=2, preconditioner="diagonal")(noisy, mask, weights=weights)
+    torch.testing.assert_close(diagonal.loss, plain.loss, rtol=1e-4, atol=0)
+    assert (diagonal.positions[2, 31:] == 0).all()
+    with pytest.raises(ValueError, match="preconditioner is 'newton'"):
+        Folder(preconditioner="newton")
+
+
 def test_restarts_find_a_lower_minimum_on_a_known_case():
     # Problem 3 of this batch has a worse local minimum next to the MDS start
     # (loss 0.121 from one start, 0.109 with four): restarts must find the better one.
