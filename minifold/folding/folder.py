@@ -266,16 +266,23 @@ class Folder:
             out_dtype = self.dtype
         mask = mask.to(device=device, dtype=torch.bool)
         batch, num = mask.shape
+        # From here on the problems go in order of size (one past the last real
+        # point): the CPU evaluates the stress in blocks of neighbouring problems,
+        # each cut to its largest, and sorted blocks waste almost nothing on padding
+        # (200 chains of N = 160..319: 20% less work). Everything returned goes
+        # back to the caller's order at the end, and errors name the caller's problem.
+        order = _by_extent(mask)
+        mask = mask[order]
         pairs = pair_mask(mask)
         base_weights = pairs.to(self.dtype)
         if weights is not None:
             self._check_shape("weights", weights, (batch, num, num))
-            weights = weights.to(device=device, dtype=self.dtype)
+            weights = weights.to(device=device, dtype=self.dtype)[order]
             bad = (weights < 0) | ~torch.isfinite(weights)
             if bool(bad.any()):
-                where = tuple(bad.nonzero()[0].tolist())
+                where, value = _first(bad, weights, order)
                 raise ValueError(
-                    f"weights{list(where)} is {float(weights[where]):g}; weights must be "
+                    f"weights{where} is {value:g}; weights must be "
                     "finite and >= 0 (0 = unknown pair)"
                 )
             base_weights = base_weights * (0.5 * weights + 0.5 * weights.transpose(-1, -2))
@@ -285,6 +292,8 @@ class Folder:
         if self.potential == "distogram":
             if probabilities is None or bin_edges is None:
                 raise ValueError("potential 'distogram' needs probabilities and bin_edges")
+            if probabilities.dim() >= 1 and probabilities.shape[0] == batch:
+                probabilities = probabilities[order]  # else distogram_targets names the shape
             targets, fit_weights, log_probabilities, centres = distogram_targets(
                 probabilities,
                 bin_edges,
@@ -295,40 +304,32 @@ class Folder:
             )
             if distances is not None:
                 self._check_shape("distances", distances, (batch, num, num))
-                targets = distances.to(device=device, dtype=self.dtype)
+                targets = distances.to(device=device, dtype=self.dtype)[order]
         else:
             if distances is None:
                 raise ValueError(f"potential {self.potential!r} needs distances; got None")
             self._check_shape("distances", distances, (batch, num, num))
-            targets = distances.to(device=device, dtype=self.dtype)
-        known = fit_weights > 0
-        bad = known & (~torch.isfinite(targets) | (targets < 0))
-        if bool(bad.any()):
-            where = tuple(bad.nonzero()[0].tolist())
+            targets = distances.to(device=device, dtype=self.dtype)[order]
+        known = pairs if weights is None and fit_weights is base_weights else fit_weights > 0
+        targets = torch.where(known, targets, 0.0)
+        # Two reductions find any bad known distance; the mask of them only if there is one.
+        if targets.numel() and not (
+            bool(targets.amin() >= 0) and bool(torch.isfinite(targets.amax()))
+        ):
+            where, value = _first(~torch.isfinite(targets) | (targets < 0), targets, order)
             raise ValueError(
-                f"distances{list(where)} is {float(targets[where]):g}; distances of known "
+                f"distances{where} is {value:g}; distances of known "
                 "real pairs must be finite and >= 0 (give unknown pairs weight 0)"
             )
-        # From here on the problems go in order of size (one past the last real
-        # point): the CPU evaluates the stress in blocks of neighbouring problems,
-        # each cut to its largest, and sorted blocks waste almost nothing on padding
-        # (200 chains of N = 160..319: 20% less work). Everything returned goes
-        # back to the caller's order at the end.
-        order = _by_extent(mask)
-        mask, targets, known = mask[order], targets[order], known[order]
-        same = fit_weights is base_weights
-        base_weights = base_weights[order]
-        fit_weights = base_weights if same else fit_weights[order]
-        pairs = pair_mask(mask)
-        targets = torch.where(known, targets, 0.0)
         # Halves first: the sum of two distances near float64's max overflows.
-        targets = 0.5 * targets + 0.5 * targets.transpose(-1, -2)
+        targets = targets.mul_(0.5)
+        targets = targets + targets.transpose(-1, -2)
 
         # Work in units where the weighted RMS target distance is 1, so that the
         # tolerances mean the same for every problem and squares neither overflow
         # nor underflow (distances from 1e-200 to 1e300 fold alike).
         scale = problem_scale(targets, fit_weights)
-        targets = targets / scale[:, None, None]
+        targets = targets.div_(scale[:, None, None])
         report_weights = fit_weights
         if self.potential == "relative":
             fit_weights = relative_weights(targets, fit_weights, self.relative_power)
@@ -351,14 +352,16 @@ class Folder:
             _repeat(targets, repeat),
             _repeat(fit_weights, repeat),
             _repeat(mask, repeat),
-            uniform=bool((fit_weights == pairs.to(self.dtype)).all()),
+            # Only SMACOF's Guttman solve asks (uniform weights make it a division).
+            uniform=self.smacof_iterations > 0
+            and bool((fit_weights == pairs.to(self.dtype)).all()),
         )
         if self.potential == "distogram":
             likelihood = _DistogramLikelihood(
                 log_probabilities,
                 (centres[None, :] / scale[:, None]).repeat(repeat, 1),
                 _repeat(base_weights, repeat),
-                owner=order.repeat(repeat),
+                owner=torch.arange(batch, device=device).repeat(repeat),
             )
         trajectory: list[Tensor] | None = [starts.clone()] if keep_trajectory else None
 
@@ -484,6 +487,12 @@ class Folder:
             check_every=self.check_every,
             trajectory_every=self.trajectory_every,
         )
+
+
+def _first(bad: Tensor, values: Tensor, order: Tensor) -> tuple[list[int], float]:
+    """The first bad entry of a sorted batch: its index in the caller's batch, and its value."""
+    where = tuple(bad.nonzero()[0].tolist())
+    return [int(order[where[0]]), *where[1:]], float(values[where])
 
 
 def _by_extent(mask: Tensor) -> Tensor:

@@ -65,12 +65,14 @@ def problem_scale(targets: Tensor, weights: Tensor) -> Tensor:
     Returns:
         [B] scale > 0
     """
-    largest = (targets * (weights > 0)).amax((-1, -2))
+    largest = torch.where(weights > 0, targets, 0.0).amax((-1, -2))
     largest = torch.where(largest > 0, largest, torch.ones_like(largest))
     relative = targets / largest[:, None, None]
-    mean_square = (weights * relative * relative).sum((-1, -2)) / weights.sum((-1, -2)).clamp_min(
-        torch.finfo(weights.dtype).tiny
-    )
+    # Few passes over [B, N, N]: a product, then an inner product per problem.
+    weighted = torch.mul(relative, weights).flatten(1)
+    mean_square = torch.linalg.vecdot(weighted, relative.flatten(1)) / weights.sum(
+        (-1, -2)
+    ).clamp_min(torch.finfo(weights.dtype).tiny)
     return torch.where(mean_square > 0, largest * mean_square.sqrt(), largest)
 
 
@@ -93,10 +95,11 @@ def relative_weights(targets: Tensor, weights: Tensor, power: float = 1.0) -> Te
     Returns:
         [B, N, N] weights
     """
-    relative = weights / targets.clamp_min(RELATIVE_FLOOR) ** power
-    known = weights > 0
-    mean = relative.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
-    return relative / mean.clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None]
+    floored = targets.clamp_min(RELATIVE_FLOOR)
+    relative = torch.div(weights, floored if power == 1 else floored.pow_(power), out=floored)
+    known = torch.count_nonzero(weights, dim=(-1, -2))
+    mean = relative.sum((-1, -2)) / known.clamp_min(1)
+    return relative.div_(mean.clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None])
 
 
 def relative_fit_error(
