@@ -59,8 +59,8 @@ Trajectory = list[Tensor]
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-problem inner product of [B, ...] tensors -> [B]."""
-    return (a * b).flatten(1).sum(-1)
+    """Per-problem inner product of [B, ...] tensors -> [B] (one pass, no temporary)."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -239,7 +239,7 @@ def two_loop(
     alphas = []
     for k in reversed(range(memory)):
         alpha = weight[:, k] * _dot(steps[:, k], q)
-        q = q - alpha[:, None, None] * changes[:, k]
+        q = torch.addcmul(q, alpha[:, None, None], changes[:, k], value=-1)
         alphas.append(alpha)
     alphas.reverse()
     newest_y = changes[:, -1]
@@ -253,7 +253,7 @@ def two_loop(
     r = gamma[:, None, None] * q
     for k in range(memory):
         beta = weight[:, k] * _dot(changes[:, k], r)
-        r = r + (alphas[k] - beta)[:, None, None] * steps[:, k]
+        r = torch.addcmul(r, (alphas[k] - beta)[:, None, None], steps[:, k])
     return r
 
 
@@ -405,7 +405,7 @@ def lbfgs(
 
         # One trial per problem; the best sufficient-decrease point found is kept
         # if the curvature test is never met.
-        trial_x = x + step[:, None, None] * direction
+        trial_x = torch.addcmul(x, step[:, None, None], direction)
         trial_loss, trial_gradient = problem(trial_x)
         trial_slope = _dot(trial_gradient, direction)
         verdict = line_search_step(
