@@ -338,6 +338,28 @@ def test_stress_loss_and_gradient_equal_autograd():
     assert gradient.abs().max() > 1e-2 and (gradient[2, 8:] == 0).all()
 
 
+@pytest.mark.parametrize("budget", [40, 200, 1 << 18])
+def test_stress_in_cpu_blocks_equals_autograd(monkeypatch, budget):
+    # Problems of mixed sizes, padding anywhere: blocks of problems cut to their
+    # extent, and row blocks that count each pair once, must give the same values.
+    import minifold.folding.objectives as objectives
+
+    monkeypatch.setattr(objectives, "CACHE_BLOCK_ELEMENTS", budget)
+    true = chains(7, 13, 3, seed=5)
+    targets, known = noisy_incomplete(pairwise_distances(true), 0.2, 0.3, seed=5)
+    mask = torch.ones(7, 13, dtype=torch.bool)
+    mask[1, 9:] = mask[4, 3:] = mask[5, :2] = mask[6, 6] = False
+    pairs = mask[:, :, None] & mask[:, None, :] & ~torch.eye(13, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(1)
+    weights = known * pairs * torch.rand(7, 13, 13, generator=generator, dtype=torch.float64)
+    weights = weights + weights.transpose(1, 2)
+    positions = torch.randn(7, 13, 3, generator=generator, dtype=torch.float64)
+    loss, gradient = _Stress(targets, weights, mask, uniform=False)(positions)
+    torch.testing.assert_close(loss, plain_stress(positions, targets, weights))
+    torch.testing.assert_close(gradient, stress_gradient(positions, targets, weights))
+    assert (gradient[~mask] == 0).all()
+
+
 def test_lbfgs_ends_at_a_stationary_point_below_its_start():
     # potential="mse": the plain stress these oracles compute (the default weighs pairs)
     true = chains(6, 25, 2, seed=7)
@@ -355,6 +377,21 @@ def test_lbfgs_ends_at_a_stationary_point_below_its_start():
     assert (start_gradient > 0.05).all()
     assert (end_gradient < 1e-3 * start_gradient).all(), end_gradient
     assert (result.loss < 0.6 * start.loss).all()
+
+
+def test_diagonal_preconditioner_reaches_the_same_minima():
+    # relative weights vary by pair: the diagonal scaling changes the path, not the minimum
+    true = chains(6, 40, 2, seed=3)
+    noisy, known = noisy_incomplete(pairwise_distances(true), 0.1, 0.3, seed=3)
+    mask = torch.ones(6, 40, dtype=torch.bool)
+    mask[2, 31:] = False  # padding stays at 0
+    weights = known.double()
+    plain = Folder(dim=2, preconditioner="none")(noisy, mask, weights=weights)
+    diagonal = Folder(dim=2, preconditioner="diagonal")(noisy, mask, weights=weights)
+    torch.testing.assert_close(diagonal.loss, plain.loss, rtol=1e-4, atol=0)
+    assert (diagonal.positions[2, 31:] == 0).all()
+    with pytest.raises(ValueError, match="preconditioner is 'newton'"):
+        Folder(preconditioner="newton")
 
 
 def test_restarts_find_a_lower_minimum_on_a_known_case():

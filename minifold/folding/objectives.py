@@ -10,9 +10,9 @@ for P independent problems and can `subset` itself to a shrinking working set
 - `_DistogramLikelihood`: the mean negative log-likelihood of the distances
   under predicted distograms (`distogram_targets` prepares them), by autograd.
 
-Over 400 lines because `_Stress` keeps its three evaluation paths (whole batch,
-blocks of small problems, row blocks of large ones) side by side: they must
-agree to rounding, and reading them together is how one checks that.
+About 450 lines: `_Stress` has one evaluation (`_Stress._rows`) that serves
+the whole batch at once (GPUs) and, on the CPU, cache-sized blocks of problems
+planned by `_Stress._plan`; the blocking is beside the arithmetic it serves.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ CACHE_BLOCK_ELEMENTS = 1 << 18
 RELATIVE_FLOOR = 1e-3
 
 
+class _Block(NamedTuple):
+    """Problems evaluated together on the CPU, cut to `size` points, `rows` rows at a time."""
+
+    problems: slice
+    size: int
+    rows: int
+
+
 class Objective(Protocol):
     """A batch of losses the optimisers can minimise: value, gradient, and a subset."""
 
@@ -38,6 +46,10 @@ class Objective(Protocol):
 
     def subset(self, index: Tensor) -> Objective:
         """The same objective for the problems `index` [p] only."""
+        ...
+
+    def precondition(self, vectors: Tensor) -> Tensor:
+        """An approximate inverse Hessian times vectors [P, N, dim] (see `optimize.lbfgs`)."""
         ...
 
 
@@ -53,12 +65,14 @@ def problem_scale(targets: Tensor, weights: Tensor) -> Tensor:
     Returns:
         [B] scale > 0
     """
-    largest = (targets * (weights > 0)).amax((-1, -2))
+    largest = torch.where(weights > 0, targets, 0.0).amax((-1, -2))
     largest = torch.where(largest > 0, largest, torch.ones_like(largest))
     relative = targets / largest[:, None, None]
-    mean_square = (weights * relative * relative).sum((-1, -2)) / weights.sum((-1, -2)).clamp_min(
-        torch.finfo(weights.dtype).tiny
-    )
+    # Few passes over [B, N, N]: a product, then an inner product per problem.
+    weighted = torch.mul(relative, weights).flatten(1)
+    mean_square = torch.linalg.vecdot(weighted, relative.flatten(1)) / weights.sum(
+        (-1, -2)
+    ).clamp_min(torch.finfo(weights.dtype).tiny)
     return torch.where(mean_square > 0, largest * mean_square.sqrt(), largest)
 
 
@@ -81,24 +95,30 @@ def relative_weights(targets: Tensor, weights: Tensor, power: float = 1.0) -> Te
     Returns:
         [B, N, N] weights
     """
-    relative = weights / targets.clamp_min(RELATIVE_FLOOR) ** power
-    known = weights > 0
-    mean = relative.sum((-1, -2)) / known.sum((-1, -2)).clamp_min(1)
-    return relative / mean.clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None]
+    floored = targets.clamp_min(RELATIVE_FLOOR)
+    relative = torch.div(weights, floored if power == 1 else floored.pow_(power), out=floored)
+    known = torch.count_nonzero(weights, dim=(-1, -2))
+    mean = relative.sum((-1, -2)) / known.clamp_min(1)
+    return relative.div_(mean.clamp_min(torch.finfo(weights.dtype).tiny)[:, None, None])
 
 
-def relative_fit_error(positions: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+def relative_fit_error(
+    positions: Tensor, targets: Tensor, weights: Tensor, mask: Tensor | None = None
+) -> Tensor:
     """sqrt(sum w (|x_i - x_j| - target)^2 / sum w target^2) over pairs, per problem.
 
     Args:
         positions: [B, N, dim]
         targets: [B, N, N] distances
         weights: [B, N, N] pair weights, 0 = unknown
+        mask: [B, N] True where a point exists (None: all; only saves work on padding)
     Returns:
         [B] dimensionless error (0 where no pair is known)
     """
+    if mask is None:
+        mask = torch.ones_like(positions[..., 0], dtype=torch.bool)
     # The stress is a weighted mean of squared errors, evaluated in cache-sized blocks.
-    stress = _Stress(targets, weights, torch.ones_like(positions[..., 0], dtype=torch.bool), False)
+    stress = _Stress(targets, weights, mask, False)
     error = stress(positions)[0] * stress.total
     size = (targets * targets * weights).sum((-1, -2))
     return torch.where(size > 0, error / size.clamp_min(torch.finfo(size.dtype).tiny), 0.0).sqrt()
@@ -128,20 +148,38 @@ class _Stress:
     loss = sum_ij w_ij (|x_i - x_j| - target_ij)^2 / sum_ij w_ij over ordered pairs.
     """
 
-    def __init__(self, targets: Tensor, weights: Tensor, mask: Tensor, uniform: bool) -> None:
+    def __init__(
+        self,
+        targets: Tensor,
+        weights: Tensor,
+        mask: Tensor,
+        uniform: bool,
+        total: Tensor | None = None,
+    ) -> None:
         self.targets = targets  # [B, N, N]
         self.weights = weights  # [B, N, N], zero off real known pairs
         self.mask = mask  # [B, N]
         self.uniform = uniform  # all real pairs weigh 1: the Guttman solve is a division
-        self.total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
-        self.weighted_targets = weights * targets
+        if total is None:
+            total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
+        self.total = total  # [B]
         self._pseudo_inverse: Tensor | None = None
+        self._diagonal: Tensor | None = None
         self.extents: list[int] | None = None
+        self._plans: dict[int, list[_Block]] = {}
 
     def subset(self, index: Tensor) -> _Stress:
-        part = _Stress(self.targets[index], self.weights[index], self.mask[index], self.uniform)
+        part = _Stress(
+            self.targets[index],
+            self.weights[index],
+            self.mask[index],
+            self.uniform,
+            self.total[index],
+        )
         if self._pseudo_inverse is not None:
             part._pseudo_inverse = self._pseudo_inverse[index]
+        if self._diagonal is not None:
+            part._diagonal = self._diagonal[index]
         if self.extents is not None:
             part.extents = [self.extents[i] for i in index.tolist()]
         return part
@@ -155,7 +193,7 @@ class _Stress:
         squared = _squared_distances(positions)
         # rsqrt(0) = inf: coincident points (and padding) get C = 0.
         inverse = squared.rsqrt().nan_to_num_(nan=0.0, posinf=0.0)
-        return squared.mul_(inverse), inverse.mul_(self.weighted_targets)
+        return squared.mul_(inverse), inverse.mul_(self.weights).mul_(self.targets)
 
     def _consume_loss(self, distances: Tensor) -> Tensor:
         """The loss [B] from distances [B, N, N], overwriting them."""
@@ -174,23 +212,15 @@ class _Stress:
         # when another process held the second core.)
         budget = CACHE_BLOCK_ELEMENTS * torch.get_num_threads()
         if positions.device.type != "cpu" or batch * num * num <= budget:
-            loss, laplacian_x = self._whole(positions)
-        elif num * num <= budget:
-            # Small problems: a few whole problems at a time stay in cache, each block
-            # cut to its last real point (padding has no pairs: its gradient is 0).
-            loss, laplacian_x = torch.empty_like(positions[:, 0, 0]), torch.zeros_like(positions)
-            problems = budget // (num * num)
-            extents = self._extents()
-            for start in range(0, batch, problems):
-                part = slice(start, start + problems)
-                size = max(extents[part])
-                loss[part], laplacian_x[part, :size] = self._whole(
-                    positions[part, :size], (part, slice(size), slice(size))
-                )
+            loss, laplacian_x = self._rows(positions, (slice(None),), num)
         else:
-            rows = max(1, budget // (batch * num))
-            loss, laplacian_x = self._by_row_blocks(positions, rows)
-        return loss, laplacian_x * (4.0 / self.total)[..., None, None]
+            loss, laplacian_x = torch.empty_like(positions[:, 0, 0]), torch.zeros_like(positions)
+            for block in self._plan(budget):
+                part, size = block.problems, block.size
+                loss[part], laplacian_x[part, :size] = self._rows(
+                    positions[part, :size], (part, slice(size), slice(size)), block.rows
+                )
+        return loss / self.total, laplacian_x * (4.0 / self.total)[..., None, None]
 
     def _extents(self) -> list[int]:
         """Per problem, one past its last real point (a host sync: CPU only, once)."""
@@ -199,45 +229,57 @@ class _Stress:
             self.extents = (self.mask * order).amax(-1).clamp_min(1).tolist()
         return self.extents
 
-    def _whole(self, positions: Tensor, part=(slice(None),)) -> tuple[Tensor, Tensor]:
-        """Loss [b] and (V - B(X)) X [b, n, dim] of the problems (and points) `part`."""
-        squared = _squared_distances(positions)
-        # rsqrt(0) = inf: coincident points (and padding) get C = 0.
-        inverse = squared.rsqrt().nan_to_num_(nan=0.0, posinf=0.0)
-        error = squared.mul_(inverse).sub_(self.targets[part])
-        weights = self.weights[part]
-        loss = error.mul_(error).mul_(weights).sum((-1, -2)) / self.total[part[0]]
-        ratio = inverse.mul_(self.weighted_targets[part])
-        return loss, self._laplacian_x(ratio, weights, positions, positions)
+    def _plan(self, budget: int) -> list[_Block]:
+        """Blocks of consecutive problems for the CPU, about `budget` pair entries per pass.
 
-    @staticmethod
-    def _laplacian_x(ratio: Tensor, weights: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
-        """(V - B(X)) X for some rows, overwriting `ratio`.
-
-        d loss / d x = 4 / W * (V - B(X)) X with V the weight Laplacian and
-        B(X) the Guttman matrix; (V - B) has off-diagonal -(w - C).
+        A block takes problems while they fit twice the budget, cut to its
+        largest problem's last real point (padding has no pairs: its gradient
+        is 0); batches sorted by extent (as the Folder sorts them) waste almost
+        nothing on padding. Its rows are then split in two or more row blocks of
+        about `budget` entries each, which `_rows` halves by symmetry: 200
+        problems of N = 160..319 evaluated 1.4x faster than whole, unsorted
+        blocks (1 thread). A problem larger than the budget is a block of its own.
         """
-        coupling = ratio.neg_().add_(weights)
-        return coupling.sum(-1)[..., None] * rows - coupling @ positions
+        if budget not in self._plans:
+            extents, blocks, start = self._extents(), [], 0
+            while start < len(extents):
+                end, size = start + 1, extents[start]
+                while end < len(extents):
+                    wider = max(size, extents[end])
+                    if (end + 1 - start) * wider * wider > 2 * budget:
+                        break
+                    end, size = end + 1, wider
+                splits = max(2, -(-(end - start) * size * size // (2 * budget)))
+                rows = max(1, -(-size // splits))
+                blocks.append(_Block(slice(start, end), size, rows))
+                start = end
+            self._plans[budget] = blocks
+        return self._plans[budget]
 
-    def _by_row_blocks(self, positions: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-        """Loss [B] and (V - B(X)) X [B, N, dim], `rows` rows of every problem at a time.
+    def _rows(self, positions: Tensor, part: tuple[slice, ...], rows: int) -> tuple[Tensor, Tensor]:
+        """Loss [b] (times the total weight) and (V - B(X)) X [b, n, dim], `rows` rows at a time.
 
-        On the CPU the [B, N, N] pass is bound by memory traffic: a dozen
+        For the problems (and points) `part` of the batch, whose positions are
+        given. On the CPU the [B, N, N] pass is bound by memory traffic: a dozen
         elementwise passes over matrices far larger than the caches. Blocks of
         about CACHE_BLOCK_ELEMENTS stay in cache between passes: 200 problems of
         N = 319 evaluated 4x faster (1 thread). Each block also covers only the
         columns from its first row on (the pairs are symmetric): the square on
         the diagonal in full, the rectangle to its right once, its share added to
         both its rows and its columns. That halves the work; the arithmetic per
-        entry is the same, so the values agree up to summation order.
+        entry is the same, so the values agree up to summation order. With
+        `rows` >= n it is one pass over the whole matrices (as on GPUs).
+
+        d loss / d x = 4 / W * (V - B(X)) X with V the weight Laplacian and
+        B(X) the Guttman matrix; (V - B) has off-diagonal entries -w (d - t) / d,
+        and one product with [X, 1] gives both its row sums and its product with X.
         """
-        columns = positions.transpose(-1, -2).contiguous()  # [B, dim, N]
-        loss = torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
+        targets, weights = self.targets[part], self.weights[part]
+        columns = positions.transpose(-1, -2).contiguous()  # [b, dim, n]
+        augmented = torch.cat([positions, torch.ones_like(positions[..., :1])], -1)
+        loss = torch.zeros_like(positions[:, 0, 0])
         laplacian_x = torch.zeros_like(positions)
         num = positions.shape[1]
-        # Blocks narrow as they go down (columns from the block's first row on).
-        rows = max(1, min(num, rows * 2))
         for start in range(0, num, rows):
             end = min(start + rows, num)
             block = slice(start, end)
@@ -247,22 +289,39 @@ class _Stress:
                 column = columns[..., axis, :]
                 difference = column[..., block, None] - column[..., None, start:]
                 squared.addcmul_(difference, difference)
+            # rsqrt(0) = inf: coincident points (and padding) get no coupling.
             inverse = squared.rsqrt().nan_to_num_(nan=0.0, posinf=0.0)
-            error = squared.mul_(inverse).sub_(self.targets[:, block, start:])
-            weights = self.weights[:, block, start:]
-            error = error.mul_(error).mul_(weights)
+            error = squared.mul_(inverse).sub_(targets[:, block, start:])
+            pair_weights = weights[:, block, start:]
+            coupling = inverse.mul_(error).mul_(pair_weights)  # w (d - t) / d
+            error = error.mul_(error).mul_(pair_weights)
             loss += error.sum((-1, -2)) + error[..., end - start :].sum((-1, -2))
-            coupling = inverse.mul_(self.weighted_targets[:, block, start:]).neg_().add_(weights)
-            here, right = positions[:, block], positions[:, end:]
-            laplacian_x[:, block] += (
-                coupling.sum(-1)[..., None] * here - coupling @ positions[:, start:]
-            )
+            product = coupling @ augmented[:, start:]
+            laplacian_x[:, block] += product[..., -1:] * positions[:, block] - product[..., :-1]
             if end < num:
-                rectangle = coupling[..., end - start :]
-                laplacian_x[:, end:] += rectangle.sum(-2)[..., None] * right - (
-                    rectangle.transpose(-1, -2) @ here
-                )
-        return loss / self.total, laplacian_x
+                product = coupling[..., end - start :].transpose(-1, -2) @ augmented[:, block]
+                laplacian_x[:, end:] += product[..., -1:] * positions[:, end:] - product[..., :-1]
+        return loss, laplacian_x
+
+    def precondition(self, vectors: Tensor) -> Tensor:
+        """Vectors [B, N, dim] divided by the diagonal of 4 V / W: each point's by its pair weight.
+
+        V is the weight Laplacian (diagonal: each point's total pair weight) and
+        W the total weight; the gradient is 4 / W (V - B(X)) X, and 4 V / W is the
+        Hessian of the majorising quadratic SMACOF minimises, so a unit step from X
+        along minus this of the gradient is a Guttman step with V replaced by its
+        diagonal (exactly the Guttman step for uniform weights, up to 1/N). Under
+        relative weights the points' total weights differ (chain ends, sparse
+        regions), and L-BFGS from this scaling converged in 25% fewer iterations,
+        to a lower stress, on 200 chains of N = 160..319 with 10% noise. Padding
+        and points without known pairs have no gradient; they stay 0.
+        """
+        if self._diagonal is None:  # [B, N]; inf where a point has no pairs (0 after division)
+            point_weights = self.weights.sum(-1)
+            self._diagonal = torch.where(
+                point_weights > 0, 4 * point_weights / self.total[:, None], torch.inf
+            )
+        return vectors / self._diagonal[..., None]
 
     def pseudo_inverse(self) -> Tensor:
         """[B, N, N] Moore-Penrose inverse of the weight Laplacian V over real points."""
@@ -315,6 +374,10 @@ class _DistogramLikelihood:
         return _DistogramLikelihood(
             self.log_probabilities, self.centres[index], self.weights[index], self.owner[index]
         )
+
+    def precondition(self, vectors: Tensor) -> Tensor:
+        """The vectors unchanged: its curvature jumps at bin centres, no fixed scaling fits it."""
+        return vectors
 
     def _loss(self, positions: Tensor) -> Tensor:
         batch, num = positions.shape[:2]

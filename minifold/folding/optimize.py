@@ -38,6 +38,7 @@ one algorithm over several places.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -58,8 +59,8 @@ Trajectory = list[Tensor]
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-problem inner product of [B, ...] tensors -> [B]."""
-    return (a * b).flatten(1).sum(-1)
+    """Per-problem inner product of [B, ...] tensors -> [B] (one pass, no temporary)."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -210,17 +211,25 @@ def line_search_step(
 
 
 def two_loop(
-    gradient: Tensor, steps: Tensor, changes: Tensor, rho: Tensor, filled: Tensor
+    gradient: Tensor,
+    steps: Tensor,
+    changes: Tensor,
+    rho: Tensor,
+    filled: Tensor,
+    precondition: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Per-problem L-BFGS two-loop recursion: inverse-Hessian estimate times gradient.
 
-    The loop runs over the (short) history, newest last in the buffers.
+    The loop runs over the (short) history, newest last in the buffers. The
+    initial inverse Hessian is gamma H0 with H0 `precondition` (the identity if
+    None) and gamma = s.y / y.H0 y from the newest pair (1 without history).
 
     Args:
         gradient: [P, N, dim]
         steps, changes: [P, M, N, dim] steps s and gradient changes y
         rho: [P, M] 1 / (s . y)
         filled: [P, M] which history slots hold a pair
+        precondition: H0, positive definite, applied to [P, N, dim] vectors
     Returns:
         [P, N, dim]
     """
@@ -230,17 +239,21 @@ def two_loop(
     alphas = []
     for k in reversed(range(memory)):
         alpha = weight[:, k] * _dot(steps[:, k], q)
-        q = q - alpha[:, None, None] * changes[:, k]
+        q = torch.addcmul(q, alpha[:, None, None], changes[:, k], value=-1)
         alphas.append(alpha)
     alphas.reverse()
     newest_y = changes[:, -1]
-    yy = _dot(newest_y, newest_y)
+    if precondition is not None:
+        q = precondition(q)
+        yy = _dot(newest_y, precondition(newest_y))
+    else:
+        yy = _dot(newest_y, newest_y)
     sy = _dot(steps[:, -1], newest_y)
     gamma = torch.where(filled[:, -1] & (yy > 0), sy / yy.clamp_min(1e-300), 1.0)
     r = gamma[:, None, None] * q
     for k in range(memory):
         beta = weight[:, k] * _dot(changes[:, k], r)
-        r = r + (alphas[k] - beta)[:, None, None] * steps[:, k]
+        r = torch.addcmul(r, (alphas[k] - beta)[:, None, None], steps[:, k])
     return r
 
 
@@ -286,6 +299,7 @@ def lbfgs(
     history_size: int,
     max_line_search: int,
     line_search: str = "strong_wolfe",
+    preconditioned: bool = False,
     check_every: int | None = None,
     trajectory_every: int = 5,
 ) -> tuple[Tensor, Tensor]:
@@ -312,6 +326,9 @@ def lbfgs(
         history_size: memory (pairs of steps and gradient changes)
         max_line_search: cap on evaluations per iteration
         line_search: "strong_wolfe" or "armijo" (see `line_search_step`)
+        preconditioned: start each two-loop recursion from the objective's
+            `precondition` (and each search from a unit step) instead of the
+            identity scaled by the newest pair
         check_every: rounds between host syncs (see `check_interval`)
     Returns:
         positions [P, N, dim] and loss [P]
@@ -361,16 +378,20 @@ def lbfgs(
         fresh = state.fresh
         # A new search for problems that finished one: two-loop direction, and
         # steepest descent (forgetting the history) where it does not go downhill.
-        direction = -two_loop(gradient, state.steps, state.changes, state.rho, state.filled)
+        precondition = problem.precondition if preconditioned else None
+        direction = -two_loop(
+            gradient, state.steps, state.changes, state.rho, state.filled, precondition
+        )
         slope = _dot(gradient, direction)
         uphill = ~(slope < 0)
-        direction = _where(uphill, -gradient, direction)
+        steepest = -gradient if precondition is None else -precondition(gradient)
+        direction = _where(uphill, steepest, direction)
         state.filled = state.filled & ~(uphill & fresh)[:, None]
-        slope = torch.where(uphill, _dot(gradient, -gradient), slope)
+        slope = torch.where(uphill, _dot(gradient, steepest), slope)
         first_step = torch.where(
             state.filled.any(-1),
             torch.ones_like(loss),
-            (1.0 / gradient.flatten(1).norm(dim=-1).clamp_min(1e-30)).clamp_max(1.0),
+            (1.0 / steepest.flatten(1).norm(dim=-1).clamp_min(1e-30)).clamp_max(1.0),
         )
         direction = _where(fresh, direction, state.direction)
         slope = torch.where(fresh, slope, state.slope)
@@ -384,7 +405,7 @@ def lbfgs(
 
         # One trial per problem; the best sufficient-decrease point found is kept
         # if the curvature test is never met.
-        trial_x = x + step[:, None, None] * direction
+        trial_x = torch.addcmul(x, step[:, None, None], direction)
         trial_loss, trial_gradient = problem(trial_x)
         trial_slope = _dot(trial_gradient, direction)
         verdict = line_search_step(

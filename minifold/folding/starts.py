@@ -23,6 +23,8 @@ PATH_NEIGHBOURS = 16
 MIN_PATH_ROUNDS = 2
 # Classical MDS: a full eigh up to this many points, subspace iteration above.
 EIGH_UP_TO = 512
+# ... and on the CPU in groups of this many problems, each cut to its extent.
+EIGH_GROUP = 16
 SUBSPACE_MAX_ITERATIONS = 60
 SUBSPACE_CHECK_EVERY = 5
 SUBSPACE_TOLERANCE = 1e-8
@@ -58,9 +60,9 @@ def complete_distances(
     pairs = pair_mask(mask)
     known = known & pairs
     values = torch.where(known, distances, torch.zeros_like(distances))
-    largest = values.amax((-1, -2), keepdim=True)
     if bool((known == pairs).all()):
         return values
+    largest = values.amax((-1, -2), keepdim=True)
     if method == "mean":
         mean = values.sum((-1, -2), keepdim=True) / known.sum((-1, -2), keepdim=True).clamp_min(1)
         return torch.where(known, values, mean) * pairs
@@ -131,6 +133,11 @@ def classical_mds(
 ) -> Tensor:
     """Coordinates whose distances best match a full matrix in the Gram (strain) sense.
 
+    On the CPU the problems go in groups of EIGH_GROUP neighbours, each cut to
+    the extent of its largest (one past its last real point): on a batch sorted
+    by size, as the Folder sorts it, the eigen-solver then skips the padding
+    (200 chains of N = 160..319: 2x faster). Elsewhere the batch is one group.
+
     Args:
         distances: [B, N, N] distances between real points (padding ignored);
             keep them near 1 (the Folder divides by a scale first): they are squared
@@ -142,23 +149,45 @@ def classical_mds(
     Returns:
         [B, N, dim] coordinates centred on the real points, zero at padding
     """
-    pairs = pair_mask(mask, include_diagonal=True).to(distances.dtype)
-    count = mask.to(distances.dtype).sum(-1).clamp_min(1)
-    squared = distances**2 * pairs
-    row_mean = squared.sum(-1) / count[..., None]
+    exact_up_to = EIGH_UP_TO if exact_up_to is None else exact_up_to
+    batch, num = mask.shape
+    if distances.device.type != "cpu" or batch <= EIGH_GROUP:
+        return _classical_mds(distances, mask, dim, exact_up_to)
+    positions = distances.new_zeros(batch, num, dim)
+    extents = _extents(mask)
+    for start in range(0, batch, EIGH_GROUP):
+        part = slice(start, start + EIGH_GROUP)
+        size = max(extents[part])
+        positions[part, :size] = _classical_mds(
+            distances[part, :size, :size], mask[part, :size], dim, exact_up_to
+        )
+    return positions
+
+
+def _classical_mds(distances: Tensor, mask: Tensor, dim: int, exact_up_to: int) -> Tensor:
+    """`classical_mds` of one group of problems, all at once."""
+    real = mask.to(distances.dtype)
+    count = real.sum(-1).clamp_min(1)
+    # Double centring over the real points, in place on one [B, N, N] buffer.
+    gram = distances.square().mul_(real[..., :, None]).mul_(real[..., None, :])
+    row_mean = gram.sum(-1) / count[..., None]
     total_mean = row_mean.sum(-1) / count
-    gram = -0.5 * (
-        squared - row_mean[..., :, None] - row_mean[..., None, :] + total_mean[..., None, None]
-    )
+    gram.sub_(row_mean[..., :, None]).sub_(row_mean[..., None, :])
+    gram.add_(total_mean[..., None, None]).mul_(-0.5)
+    gram.mul_(real[..., :, None]).mul_(real[..., None, :])
     # N points span at most N - 1 dimensions: the coordinates beyond stay exactly zero.
     rank = min(dim, max(distances.shape[-1] - 1, 1))
-    top_values, top_vectors = top_eigenpairs(
-        gram * pairs, rank, EIGH_UP_TO if exact_up_to is None else exact_up_to
-    )
+    top_values, top_vectors = top_eigenpairs(gram, rank, exact_up_to)
     positions = top_vectors * top_values.clamp_min(0).sqrt()[..., None, :]
     if rank < dim:
         positions = torch.nn.functional.pad(positions, (0, dim - rank))
-    return positions * mask.to(distances.dtype)[..., None]
+    return positions * real[..., None]
+
+
+def _extents(mask: Tensor) -> list[int]:
+    """Per problem, one past its last real point (at least 1; a host sync)."""
+    position = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return (mask * position).amax(-1).clamp_min(1).tolist()
 
 
 def top_eigenpairs(
@@ -259,6 +288,7 @@ def initial_positions(
     restart_noise: float,
     seed: int,
     dtype: torch.dtype,
+    order: Tensor | None = None,
 ) -> Tensor:
     """Every start of every problem; the first B are `init`, the rest explore.
 
@@ -278,24 +308,33 @@ def initial_positions(
         restart_noise: perturbation of the perturbed starts, in radii of gyration
         seed: seed of the random starts and perturbations
         dtype: dtype of the random starts
+        order: [B] the caller's problem at each row (the Folder sorts problems by
+            size): random draws follow the caller's order, so a problem's random
+            starts do not depend on how the batch was sorted. None: as given.
     Returns:
         [restarts * B, N, dim] positions, start r of problem b at row r * B + b
     """
     generator = torch.Generator().manual_seed(seed)
+    caller_mask = mask if order is None else mask[torch.argsort(order)]
+
+    def drawn(value: Tensor) -> Tensor:
+        """A draw for the caller's problems, in this batch's order."""
+        return value if order is None else value[order]
+
     # Random starts live in working units (RMS target distance 1): the same
     # start relative to the shape whatever the input's units.
     if init == "mds":
         full = complete_distances(targets, known, mask, completion)
         first = classical_mds(full, mask, dim)
     else:
-        first = random_start(mask, dim, generator).to(dtype)
+        first = drawn(random_start(caller_mask, dim, generator)).to(dtype)
     starts = [first.to(targets.device)]
     for restart in range(1, restarts):
         if init == "random" or restart % RESTART_EVERY_PERTURBED != 0:
-            starts.append(random_start(mask, dim, generator).to(dtype))
+            starts.append(drawn(random_start(caller_mask, dim, generator)).to(dtype))
         else:
             size = radius_of_gyration(first, mask).clamp_min(1e-6)[:, None, None]
-            noise = torch.randn(first.shape, generator=generator, dtype=dtype)
+            noise = drawn(torch.randn(first.shape, generator=generator, dtype=dtype))
             noise = noise.to(first.device) * restart_noise * size
             starts.append((first + noise) * mask[..., None])
     return torch.cat([start.to(targets.device) for start in starts])
