@@ -649,3 +649,11 @@ def test_fold_stage_trusts_the_training_lengths():
     with initialize_config_dir(config_dir=str(minifold.CONFIG_DIR), version_base="1.3"):
         config = compose("config", overrides=["generator.max_len=33"])
     assert instantiate(config.folder).separation_scale == 33
+
+
+def test_benchmark_folds_with_the_configured_folder():
+    from minifold.bench.folding import configured_folder
+
+    folder = configured_folder(3)
+    assert folder.dim == 3 and folder.potential == "relative"
+    assert folder.separation_scale is None

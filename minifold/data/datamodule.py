@@ -1,5 +1,10 @@
 """Train/val/test splits of generated shapes: sampled once, cached, served as padded batches
-(by the loaders of minifold.data.loader)."""
+(by the loaders of minifold.data.loader).
+
+A little over 400 lines: the cache (its key, checksum, lock, atomic write and the checks
+of what it loads) and the splits it holds are one job; the batching already lives in
+loader.py.
+"""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ The options are checked by one table, `Folder._parameter_constraints` (rules
 from `options`), in the manner of scikit-learn: `__init__` only validates and
 stores them.
 
-A little over 400 lines: the class documents each of its 24 options once, in
+About 530 lines: the class documents each of its options once, in
 its docstring, and `__call__` is the fold's one pipeline, read top to bottom.
 """
 

@@ -10,9 +10,10 @@ for P independent problems and can `subset` itself to a shrinking working set
 - `_DistogramLikelihood`: the mean negative log-likelihood of the distances
   under predicted distograms (`distogram_targets` prepares them), by autograd.
 
-About 450 lines: `_Stress` has one evaluation (`_Stress._rows`) that serves
+About 500 lines: `_Stress` has one evaluation (`_Stress._rows`) that serves
 the whole batch at once (GPUs) and, on the CPU, cache-sized blocks of problems
 planned by `_Stress._plan`; the blocking is beside the arithmetic it serves.
+The pair weights every potential uses (relative, confidence, separation) are here too.
 """
 
 from __future__ import annotations
