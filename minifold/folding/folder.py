@@ -316,9 +316,7 @@ class Folder:
         known = pairs if weights is None and fit_weights is base_weights else fit_weights > 0
         targets = torch.where(known, targets, 0.0)
         # Two reductions find any bad known distance; the mask of them only if there is one.
-        if targets.numel() and not (
-            bool(targets.amin() >= 0) and bool(torch.isfinite(targets.amax()))
-        ):
+        if targets.numel() and not bool((targets.amin() >= 0) & torch.isfinite(targets.amax())):
             where, value = _first(~torch.isfinite(targets) | (targets < 0), targets, order)
             raise ValueError(
                 f"distances{where} is {value:g}; distances of known "
