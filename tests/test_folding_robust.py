@@ -388,3 +388,28 @@ def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch):
         torch.set_num_threads(1)
     torch.testing.assert_close(two.positions, one.positions, rtol=0, atol=1e-9)
     torch.testing.assert_close(two.loss, one.loss, rtol=1e-12, atol=0)
+
+
+def test_a_forked_child_folds_with_pools_of_its_own(tmp_path):
+    # A pool's threads do not survive fork: the child must not wait on them.
+    import multiprocessing
+
+    from minifold.folding.threads import split_between
+
+    split_between(lambda share: None, [1, 2], workers=2)  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_split_in_child, args=(str(tmp_path / "done"),))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # it waited on threads it does not have
+        child.kill()
+    assert child.exitcode == 0 and (tmp_path / "done").read_text() == "[1, 2, 3]"
+
+
+def _split_in_child(path: str) -> None:
+    from minifold.folding.threads import split_between
+
+    done: list[int] = []
+    split_between(lambda share: done.extend(share), [1, 2, 3], workers=2)
+    with open(path, "w") as file:
+        file.write(str(sorted(done)))

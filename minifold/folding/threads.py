@@ -17,6 +17,7 @@ the cores otherwise quiet that folded the same chains in 5.1 s on 2 threads
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ Item = TypeVar("Item")
 
 # One pool per worker count, started on first use; its threads run torch on one thread.
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+# A forked child has none of its parent's threads: it starts pools of its own.
+os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 @contextmanager
