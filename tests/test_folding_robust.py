@@ -347,3 +347,69 @@ def test_lbfgs_syncs_with_the_host_only_every_check_every_rounds(monkeypatch):
     assert counts[10**6] <= 1  # only the test before the loop
     # frozen problems keep their result: checking rarely changes nothing
     torch.testing.assert_close(losses[1], losses[10**6], rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- CPU threads
+
+
+def test_split_between_does_every_item_once_and_reraises():
+    from minifold.folding.threads import split_between
+
+    done = []
+    split_between(lambda share: done.extend(share), list(range(11)), workers=3)
+    assert sorted(done) == list(range(11))
+
+    def fail(share):
+        if 4 in share:
+            raise ValueError("item 4")
+
+    with pytest.raises(ValueError, match="item 4"):
+        split_between(fail, list(range(11)), workers=3)
+
+
+def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch):
+    # Blocks of problems split between worker threads, the optimisers on one
+    # intra-op thread: the same fold, and torch's thread count restored after.
+    import minifold.folding.objectives as objectives
+
+    monkeypatch.setattr(objectives, "CACHE_BLOCK_ELEMENTS", 300)  # many blocks
+    true = chains(9, 24, 2, seed=9)
+    distances = pairwise_distances(true) * (1 + 0.05 * torch.rand(9, 24, 24, dtype=torch.float64))
+    distances = 0.5 * (distances + distances.transpose(1, 2)) * (1 - torch.eye(24))
+    mask = torch.ones(9, 24, dtype=torch.bool)
+    mask[2, 17:] = mask[5, 11:] = False
+    distances = distances * (mask[:, :, None] & mask[:, None, :])
+    one = Folder(dim=2)(distances, mask)
+    torch.set_num_threads(2)
+    try:
+        two = Folder(dim=2)(distances, mask)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    torch.testing.assert_close(two.positions, one.positions, rtol=0, atol=1e-9)
+    torch.testing.assert_close(two.loss, one.loss, rtol=1e-12, atol=0)
+
+
+def test_a_forked_child_folds_with_pools_of_its_own(tmp_path):
+    # A pool's threads do not survive fork: the child must not wait on them.
+    import multiprocessing
+
+    from minifold.folding.threads import split_between
+
+    split_between(lambda share: None, [1, 2], workers=2)  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_split_in_child, args=(str(tmp_path / "done"),))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # it waited on threads it does not have
+        child.kill()
+    assert child.exitcode == 0 and (tmp_path / "done").read_text() == "[1, 2, 3]"
+
+
+def _split_in_child(path: str) -> None:
+    from minifold.folding.threads import split_between
+
+    done: list[int] = []
+    split_between(lambda share: done.extend(share), [1, 2, 3], workers=2)
+    with open(path, "w") as file:
+        file.write(str(sorted(done)))

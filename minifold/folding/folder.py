@@ -52,6 +52,7 @@ from minifold.folding.objectives import (
 from minifold.folding.optimize import Trajectory, lbfgs, smacof
 from minifold.folding.options import Rule, as_type, at_least, choice
 from minifold.folding.starts import initial_positions
+from minifold.folding.threads import one_thread
 from minifold.geometry import center, pair_mask
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ LINE_SEARCHES = ("strong_wolfe", "armijo")
 PRECONDITIONERS = ("diagonal", "none")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Relative potential: the plain squared-error stage before it stops at this tolerance,
-# computed in this precision (whatever `dtype` is: the tolerance is far above its rounding).
+# computed in this precision where `dtype` is wider (see `Folder.__call__`).
 STAGE_TOLERANCE = 1e-4
 STAGE_DTYPE = torch.float32
 
@@ -332,9 +333,7 @@ class Folder:
         known = pairs if weights is None and fit_weights is base_weights else fit_weights > 0
         targets = torch.where(known, targets, 0.0)
         # Two reductions find any bad known distance; the mask of them only if there is one.
-        if targets.numel() and not (
-            bool(targets.amin() >= 0) and bool(torch.isfinite(targets.amax()))
-        ):
+        if targets.numel() and not bool((targets.amin() >= 0) & torch.isfinite(targets.amax())):
             where, value = _first(~torch.isfinite(targets) | (targets < 0), targets, order)
             raise ValueError(
                 f"distances{where} is {value:g}; distances of known "
@@ -367,6 +366,10 @@ class Folder:
             order=order,
         )
         repeat = self.restarts
+        # On the CPU the L-BFGS stages on the stress run on one intra-op thread, and
+        # each evaluation splits its blocks between `workers` threads: see
+        # minifold/folding/threads.py (one_thread, split_between).
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
         stress = _Stress(
             _repeat(targets, repeat),
             _repeat(fit_weights, repeat),
@@ -374,6 +377,7 @@ class Folder:
             # Only SMACOF's Guttman solve asks (uniform weights make it a division).
             uniform=self.smacof_iterations > 0
             and bool((fit_weights == pairs.to(self.dtype)).all()),
+            workers=workers,
         )
         if self.potential == "distogram":
             likelihood = _DistogramLikelihood(
@@ -409,17 +413,20 @@ class Folder:
                 _repeat(report_weights.to(low), repeat),
                 _repeat(mask, repeat),
                 uniform=False,
+                workers=workers,
             )
-            # Not preconditioned: with uniform weights the diagonal is a constant and
-            # only turns the first step into a full Guttman step, which took some of
-            # 200 long noisy chains into worse minima (mean lDDT -0.0005, GDT-TS -0.006
-            # against preconditioning the second stage alone).
             start = positions.to(low)
-            moved, _ = self._lbfgs(
-                start, plain, trajectory, tolerance=STAGE_TOLERANCE, preconditioned=False
-            )
-            positions = positions + (moved - start).to(self.dtype)
-        positions, loss = self._lbfgs(positions, stress, trajectory)
+        with one_thread(device):
+            if self.potential == "relative":
+                # Not preconditioned: with uniform weights the diagonal is a constant
+                # and only turns the first step into a full Guttman step, which took
+                # some of 200 long noisy chains into worse minima (mean lDDT -0.0005,
+                # GDT-TS -0.006 against preconditioning the second stage alone).
+                moved, _ = self._lbfgs(
+                    start, plain, trajectory, tolerance=STAGE_TOLERANCE, preconditioned=False
+                )
+                positions = positions + (moved - start).to(self.dtype)
+            positions, loss = self._lbfgs(positions, stress, trajectory)
         if likelihood is not None:
             # The confidence-weighted fit above puts every pair near its likely
             # distance; the likelihood then settles them between bins.
@@ -440,7 +447,8 @@ class Folder:
         # Centred in working units, then scaled: sums of coordinates near float64's
         # max would overflow.
         chosen = center(positions[pick], mask)
-        fit_error = relative_fit_error(chosen, targets, report_weights, mask)
+        with one_thread(device):
+            fit_error = relative_fit_error(chosen, targets, report_weights, mask, workers)
         # Back to the caller's order: sorted problem rank[b] is the caller's problem b.
         rank = torch.argsort(order)
         pick, mask, scale = pick[rank], mask[rank], scale[rank]

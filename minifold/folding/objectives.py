@@ -18,10 +18,13 @@ The pair weights every potential uses (relative, confidence, separation) are her
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
+
+from minifold.folding.threads import split_between
 
 # On the CPU the potential is evaluated in blocks of about this many pair entries per
 # thread (2 MB of float64), which stay in cache between the elementwise passes.
@@ -104,7 +107,11 @@ def relative_weights(targets: Tensor, weights: Tensor, power: float = 1.0) -> Te
 
 
 def relative_fit_error(
-    positions: Tensor, targets: Tensor, weights: Tensor, mask: Tensor | None = None
+    positions: Tensor,
+    targets: Tensor,
+    weights: Tensor,
+    mask: Tensor | None = None,
+    workers: int = 1,
 ) -> Tensor:
     """sqrt(sum w (|x_i - x_j| - target)^2 / sum w target^2) over pairs, per problem.
 
@@ -113,13 +120,14 @@ def relative_fit_error(
         targets: [B, N, N] distances
         weights: [B, N, N] pair weights, 0 = unknown
         mask: [B, N] True where a point exists (None: all; only saves work on padding)
+        workers: threads for the evaluation's blocks (see `_Stress`)
     Returns:
         [B] dimensionless error (0 where no pair is known)
     """
     if mask is None:
         mask = torch.ones_like(positions[..., 0], dtype=torch.bool)
     # The stress is a weighted mean of squared errors, evaluated in cache-sized blocks.
-    stress = _Stress(targets, weights, mask, False)
+    stress = _Stress(targets, weights, mask, False, workers=workers)
     error = stress(positions)[0] * stress.total
     size = (targets * targets * weights).sum((-1, -2))
     return torch.where(size > 0, error / size.clamp_min(torch.finfo(size.dtype).tiny), 0.0).sqrt()
@@ -147,6 +155,10 @@ class _Stress:
     """Weighted mean squared distance error of a batch, its gradient and Guttman transform.
 
     loss = sum_ij w_ij (|x_i - x_j| - target_ij)^2 / sum_ij w_ij over ordered pairs.
+
+    Targets and weights are symmetric. On the CPU the blocks of an evaluation go
+    to `workers` threads (`threads.split_between`; run it under
+    `threads.one_thread`).
     """
 
     def __init__(
@@ -156,11 +168,13 @@ class _Stress:
         mask: Tensor,
         uniform: bool,
         total: Tensor | None = None,
+        workers: int = 1,
     ) -> None:
         self.targets = targets  # [B, N, N]
         self.weights = weights  # [B, N, N], zero off real known pairs
         self.mask = mask  # [B, N]
         self.uniform = uniform  # all real pairs weigh 1: the Guttman solve is a division
+        self.workers = workers
         if total is None:
             total = weights.sum((-1, -2)).clamp_min(torch.finfo(weights.dtype).tiny)
         self.total = total  # [B]
@@ -176,6 +190,7 @@ class _Stress:
             self.mask[index],
             self.uniform,
             self.total[index],
+            self.workers,
         )
         if self._pseudo_inverse is not None:
             part._pseudo_inverse = self._pseudo_inverse[index]
@@ -208,19 +223,28 @@ class _Stress:
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Loss [B] and its gradient [B, N, dim]."""
         batch, num = positions.shape[:2]
+        loss = torch.zeros_like(positions[:, 0, 0])
+        laplacian_x = torch.zeros_like(positions)
         # Each thread takes a share of every elementwise pass: its share should fit
         # its cache. (Smaller blocks on 2 threads also stalled for seconds at a time
         # when another process held the second core.)
         budget = CACHE_BLOCK_ELEMENTS * torch.get_num_threads()
         if positions.device.type != "cpu" or batch * num * num <= budget:
-            loss, laplacian_x = self._rows(positions, (slice(None),), num)
+            self._rows(positions, slice(None), num, loss, laplacian_x)
         else:
-            loss, laplacian_x = torch.empty_like(positions[:, 0, 0]), torch.zeros_like(positions)
-            for block in self._plan(budget):
-                part, size = block.problems, block.size
-                loss[part], laplacian_x[part, :size] = self._rows(
-                    positions[part, :size], (part, slice(size), slice(size)), block.rows
-                )
+
+            def evaluate(blocks: Sequence[_Block]) -> None:
+                for block in blocks:
+                    part, size = block.problems, block.size
+                    self._rows(
+                        positions[part, :size],
+                        part,
+                        block.rows,
+                        loss[part],
+                        laplacian_x[part, :size],
+                    )
+
+            split_between(evaluate, self._plan(budget), self.workers)
         return loss / self.total, laplacian_x * (4.0 / self.total)[..., None, None]
 
     def _extents(self) -> list[int]:
@@ -257,12 +281,15 @@ class _Stress:
             self._plans[budget] = blocks
         return self._plans[budget]
 
-    def _rows(self, positions: Tensor, part: tuple[slice, ...], rows: int) -> tuple[Tensor, Tensor]:
-        """Loss [b] (times the total weight) and (V - B(X)) X [b, n, dim], `rows` rows at a time.
+    def _rows(
+        self, positions: Tensor, part: slice, rows: int, loss: Tensor, laplacian_x: Tensor
+    ) -> None:
+        """Add the loss [b] (times the total weight) and (V - B(X)) X [b, n, dim] into the outputs.
 
-        For the problems (and points) `part` of the batch, whose positions are
-        given. On the CPU the [B, N, N] pass is bound by memory traffic: a dozen
-        elementwise passes over matrices far larger than the caches. Blocks of
+        For the problems `part` of the batch, whose positions (cut to n points)
+        are given; `rows` rows at a time. On the CPU the [B, N, N] pass is bound
+        by memory traffic: a dozen elementwise passes over matrices far larger
+        than the caches. Blocks of
         about CACHE_BLOCK_ELEMENTS stay in cache between passes: 200 problems of
         N = 319 evaluated 4x faster (1 thread). Each block also covers only the
         columns from its first row on (the pairs are symmetric): the square on
@@ -275,12 +302,10 @@ class _Stress:
         B(X) the Guttman matrix; (V - B) has off-diagonal entries -w (d - t) / d,
         and one product with [X, 1] gives both its row sums and its product with X.
         """
-        targets, weights = self.targets[part], self.weights[part]
+        num = positions.shape[1]
+        targets, weights = self.targets[part, :num, :num], self.weights[part, :num, :num]
         columns = positions.transpose(-1, -2).contiguous()  # [b, dim, n]
         augmented = torch.cat([positions, torch.ones_like(positions[..., :1])], -1)
-        loss = torch.zeros_like(positions[:, 0, 0])
-        laplacian_x = torch.zeros_like(positions)
-        num = positions.shape[1]
         for start in range(0, num, rows):
             end = min(start + rows, num)
             block = slice(start, end)
@@ -302,7 +327,6 @@ class _Stress:
             if end < num:
                 product = coupling[..., end - start :].transpose(-1, -2) @ augmented[:, block]
                 laplacian_x[:, end:] += product[..., -1:] * positions[:, end:] - product[..., :-1]
-        return loss, laplacian_x
 
     def precondition(self, vectors: Tensor) -> Tensor:
         """Vectors [B, N, dim] divided by the diagonal of 4 V / W: each point's by its pair weight.

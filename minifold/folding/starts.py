@@ -11,9 +11,12 @@ start is already the answer up to rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+from minifold.folding.threads import one_thread, split_between
 from minifold.geometry import pair_mask, radius_of_gyration
 
 # Shortest-path completion: exact (Floyd-Warshall, B N^3) up to this many points,
@@ -136,7 +139,9 @@ def classical_mds(
     On the CPU the problems go in groups of EIGH_GROUP neighbours, each cut to
     the extent of its largest (one past its last real point): on a batch sorted
     by size, as the Folder sorts it, the eigen-solver then skips the padding
-    (200 chains of N = 160..319: 2x faster). Elsewhere the batch is one group.
+    (200 chains of N = 160..319: 2x faster). The groups are shared between the
+    intra-op threads, each solved on one (`threads.split_between`). Elsewhere
+    the batch is one group.
 
     Args:
         distances: [B, N, N] distances between real points (padding ignored);
@@ -155,11 +160,18 @@ def classical_mds(
         return _classical_mds(distances, mask, dim, exact_up_to)
     positions = distances.new_zeros(batch, num, dim)
     extents = _extents(mask)
-    for start in range(0, batch, EIGH_GROUP):
-        part = slice(start, start + EIGH_GROUP)
-        size = max(extents[part])
-        positions[part, :size] = _classical_mds(
-            distances[part, :size, :size], mask[part, :size], dim, exact_up_to
+
+    def fold(groups: Sequence[slice]) -> None:
+        for part in groups:
+            size = max(extents[part])
+            positions[part, :size] = _classical_mds(
+                distances[part, :size, :size], mask[part, :size], dim, exact_up_to
+            )
+
+    # One thread per group: MKL's threaded eigen-solver stalls on busy cores.
+    with one_thread(distances.device) as workers:
+        split_between(
+            fold, [slice(i, i + EIGH_GROUP) for i in range(0, batch, EIGH_GROUP)], workers
         )
     return positions
 
@@ -250,10 +262,13 @@ def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     raises a ValueError that says what was being folded.
     """
     try:
-        return torch.linalg.eigh(matrix)
+        # MKL's threaded solver stalls on busy cores (minifold/folding/threads.py).
+        with one_thread(matrix.device):
+            return torch.linalg.eigh(matrix)
     except RuntimeError as error:  # torch.linalg.LinAlgError subclasses RuntimeError
         try:
-            values, vectors = torch.linalg.eigh(matrix.detach().to("cpu", torch.float64))
+            with one_thread(torch.device("cpu")):
+                values, vectors = torch.linalg.eigh(matrix.detach().to("cpu", torch.float64))
         except RuntimeError:
             raise ValueError(
                 "classical MDS start failed: the eigen-solver did not converge on a "
