@@ -182,14 +182,15 @@ class _Stress:
         self.extents: list[int] | None = None
         self._plans: dict[int, list[_Block]] = {}
 
-    def subset(self, index: Tensor) -> _Stress:
+    def subset(self, index: Tensor, workers: int | None = None) -> _Stress:
+        """The problems `index` only, their evaluations split between `workers` (as now if None)."""
         part = _Stress(
             self.targets[index],
             self.weights[index],
             self.mask[index],
             self.uniform,
             self.total[index],
-            self.workers,
+            self.workers if workers is None else workers,
         )
         if self._pseudo_inverse is not None:
             part._pseudo_inverse = self._pseudo_inverse[index]
