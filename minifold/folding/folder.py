@@ -14,7 +14,14 @@ matrix with a point mask and optional per-pair weights (0 = unknown pair):
 
 Everything runs in `dtype` (float64 by default: the float32 eigen-solver and
 loss landscape stop at about 1e-4 relative error, and the exact-recovery target
-is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back.
+is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back; only
+the loose plain squared-error stage runs in float32 (STAGE_DTYPE).
+
+Inside, the problems go in order of size (blocks of similar problems waste
+little on padding) and come back in the caller's order. On the CPU the L-BFGS
+stages run on one intra-op thread, the problems dealt between the threads
+(`Folder._stress_stages`, `threads`): torch's per-op thread barriers stall on
+cores shared with other jobs.
 
 `potential="distogram"` fits the distances to predicted distogram
 probabilities instead: the start and SMACOF use the expected distances, with
@@ -26,8 +33,9 @@ The options are checked by one table, `Folder._parameter_constraints` (rules
 from `options`), in the manner of scikit-learn: `__init__` only validates and
 stores them.
 
-A little over 400 lines: the class documents each of its 24 options once, in
-its docstring, and `__call__` is the fold's one pipeline, read top to bottom.
+Near 600 lines: the class documents each of its 24 options once, in its
+docstring, and `__call__` is the fold's one pipeline, read top to bottom (the
+stress stages and their sharing between threads in two methods beside it).
 """
 
 from __future__ import annotations
@@ -454,10 +462,10 @@ class Folder:
         With several CPU threads the problems are dealt round-robin (similar sizes
         to each: the batch is sorted by size) between `workers` threads, which fold
         their shares on their own and meet once at the end: the problems are
-        independent, and the optimisers' bookkeeping then runs in parallel too
-        (200 long chains: 1.x faster than sharing each evaluation's blocks). With
-        fewer problems than threads, or a trajectory to record in step, the threads
-        share each evaluation's blocks instead (`_Stress.workers`).
+        independent, and the optimisers' bookkeeping (a sixth of the work on one
+        thread) then runs in parallel too. With fewer problems than threads, or a
+        trajectory to record in step, the threads share each evaluation's blocks
+        instead (`_Stress.workers`).
         """
         count = len(positions)
         if workers == 1 or count < workers or trajectory is not None:
