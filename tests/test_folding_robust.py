@@ -373,8 +373,10 @@ def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch, problems
     # blocks (1 problem) shared between two threads: the same fold, to the
     # tolerance batching allows, and torch's thread count restored after.
     import minifold.folding.objectives as objectives
+    from minifold.folding import threads
 
     monkeypatch.setattr(objectives, "CACHE_BLOCK_ELEMENTS", 300)  # many blocks
+    monkeypatch.setattr(threads, "WORTH_SHARING", 1000)  # and shared at this size
     true = chains(9, 24, 2, seed=9)
     distances = pairwise_distances(true) * (1 + 0.05 * torch.rand(9, 24, 24, dtype=torch.float64))
     distances = 0.5 * (distances + distances.transpose(1, 2)) * (1 - torch.eye(24))

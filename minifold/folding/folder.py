@@ -48,6 +48,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.objectives import (
     Objective,
     _DistogramLikelihood,
@@ -465,10 +466,12 @@ class Folder:
         independent, and the optimisers' bookkeeping (a sixth of the work on one
         thread) then runs in parallel too. With fewer problems than threads, or a
         trajectory to record in step, the threads share each evaluation's blocks
-        instead (`_Stress.workers`).
+        instead (`_Stress.workers`; below `threads.WORTH_SHARING` pair entries
+        they do not share at all).
         """
-        count = len(positions)
-        if workers == 1 or count < workers or trajectory is not None:
+        count, num = positions.shape[:2]
+        alone = count * num * num < threads.WORTH_SHARING or trajectory is not None
+        if workers == 1 or count < workers or alone:
             return self._stages(positions, stress, plain, trajectory)
         shares = [torch.arange(first, count, workers) for first in range(workers)]
         folded: dict[int, tuple[Tensor, Tensor]] = {}

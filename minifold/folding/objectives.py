@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.threads import split_between
 
 # On the CPU the potential is evaluated in blocks of about this many pair entries per
@@ -244,7 +245,8 @@ class _Stress:
                         laplacian_x[part, :size],
                     )
 
-            split_between(evaluate, self._plan(budget), self.workers)
+            workers = self.workers if batch * num * num >= threads.WORTH_SHARING else 1
+            split_between(evaluate, self._plan(budget), workers)
         return loss / self.total, laplacian_x * (4.0 / self.total)[..., None, None]
 
     def _extents(self) -> list[int]:

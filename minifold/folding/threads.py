@@ -27,6 +27,9 @@ import torch
 
 Item = TypeVar("Item")
 
+# Below this many pair entries (B N^2) the threads' handoffs and the interpreter lock
+# cost more than sharing saves: 10 noisy problems of N = 50 took twice as long on 2.
+WORTH_SHARING = 1 << 20
 # One pool per worker count, started on first use; its threads run torch on one thread.
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 # A forked child has none of its parent's threads: it starts pools of its own.
