@@ -268,6 +268,26 @@ class Folder:
         Returns:
             FoldResult with positions [B, N, dim], loss [B], trajectory or None
         """
+        reference = distances if distances is not None else probabilities
+        # On the CPU the fold runs on one intra-op thread, and the threads share its
+        # problems (or blocks) instead: torch's per-op thread barriers stall on
+        # cores shared with other jobs (minifold/folding/threads.py).
+        with one_thread(mask.device if reference is None else reference.device) as workers:
+            return self._fold(
+                distances, mask, weights, probabilities, bin_edges, return_trajectory, workers
+            )
+
+    def _fold(
+        self,
+        distances: Tensor | None,
+        mask: Tensor,
+        weights: Tensor | None,
+        probabilities: Tensor | None,
+        bin_edges: Tensor | None,
+        return_trajectory: bool | None,
+        workers: int,
+    ) -> FoldResult:
+        """`__call__` with `workers` threads to share the work (see `_stress_stages`)."""
         keep_trajectory = self.return_trajectory if return_trajectory is None else return_trajectory
         reference = distances if distances is not None else probabilities
         if reference is None:
@@ -357,12 +377,9 @@ class Folder:
             seed=self.seed,
             dtype=self.dtype,
             order=order,
+            workers=workers,
         )
         repeat = self.restarts
-        # On the CPU the L-BFGS stages on the stress run on one intra-op thread and
-        # share the problems (or, for fewer problems, each evaluation's blocks)
-        # between `workers` threads: see `_stress_stages`, minifold/folding/threads.py.
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
         stress = _Stress(
             _repeat(targets, repeat),
             _repeat(fit_weights, repeat),
@@ -409,8 +426,7 @@ class Folder:
                 uniform=False,
                 workers=workers,
             )
-        with one_thread(device):
-            positions, loss = self._stress_stages(positions, stress, plain, trajectory, workers)
+        positions, loss = self._stress_stages(positions, stress, plain, trajectory, workers)
         if likelihood is not None:
             # The confidence-weighted fit above puts every pair near its likely
             # distance; the likelihood then settles them between bins.
@@ -431,8 +447,7 @@ class Folder:
         # Centred in working units, then scaled: sums of coordinates near float64's
         # max would overflow.
         chosen = center(positions[pick], mask)
-        with one_thread(device):
-            fit_error = relative_fit_error(chosen, targets, report_weights, mask, workers)
+        fit_error = relative_fit_error(chosen, targets, report_weights, mask, workers)
         # Back to the caller's order: sorted problem rank[b] is the caller's problem b.
         rank = torch.argsort(order)
         pick, mask, scale = pick[rank], mask[rank], scale[rank]
