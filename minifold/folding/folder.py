@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -269,10 +270,15 @@ class Folder:
             FoldResult with positions [B, N, dim], loss [B], trajectory or None
         """
         reference = distances if distances is not None else probabilities
-        # On the CPU the fold runs on one intra-op thread, and the threads share its
-        # problems (or blocks) instead: torch's per-op thread barriers stall on
-        # cores shared with other jobs (minifold/folding/threads.py).
-        with one_thread(mask.device if reference is None else reference.device) as workers:
+        device = mask.device if reference is None else reference.device
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+        # On the CPU the optimisers run on one intra-op thread, and the threads share
+        # their problems (or blocks) instead: torch's per-op thread barriers stall on
+        # cores shared with other jobs (minifold/folding/threads.py). The setup
+        # before them is a few dozen passes over the batch: on all threads where
+        # those are large enough to be worth the barriers, else on one as well.
+        large = mask.shape[0] * mask.shape[-1] ** 2 >= threads.LARGE_PASSES
+        with nullcontext() if large else one_thread(device):
             return self._fold(
                 distances, mask, weights, probabilities, bin_edges, return_trajectory, workers
             )
@@ -426,7 +432,8 @@ class Folder:
                 uniform=False,
                 workers=workers,
             )
-        positions, loss = self._stress_stages(positions, stress, plain, trajectory, workers)
+        with one_thread(device):
+            positions, loss = self._stress_stages(positions, stress, plain, trajectory, workers)
         if likelihood is not None:
             # The confidence-weighted fit above puts every pair near its likely
             # distance; the likelihood then settles them between bins.
@@ -447,7 +454,8 @@ class Folder:
         # Centred in working units, then scaled: sums of coordinates near float64's
         # max would overflow.
         chosen = center(positions[pick], mask)
-        fit_error = relative_fit_error(chosen, targets, report_weights, mask, workers)
+        with one_thread(device):
+            fit_error = relative_fit_error(chosen, targets, report_weights, mask, workers)
         # Back to the caller's order: sorted problem rank[b] is the caller's problem b.
         rank = torch.argsort(order)
         pick, mask, scale = pick[rank], mask[rank], scale[rank]
