@@ -277,7 +277,7 @@ class Folder:
         # cores shared with other jobs (minifold/folding/threads.py). The setup
         # before them is a few dozen passes over the batch: on all threads where
         # those are large enough to be worth the barriers, else on one as well.
-        large = mask.shape[0] * mask.shape[-1] ** 2 >= threads.LARGE_PASSES
+        large = mask.dim() == 2 and mask.shape[0] * mask.shape[1] ** 2 >= threads.LARGE_PASSES
         with nullcontext() if large else one_thread(device):
             return self._fold(
                 distances, mask, weights, probabilities, bin_edges, return_trajectory, workers
