@@ -367,18 +367,23 @@ def test_split_between_does_every_item_once_and_reraises():
         split_between(fail, list(range(11)), workers=3)
 
 
-def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch):
-    # Blocks of problems split between worker threads, the optimisers on one
-    # intra-op thread: the same fold, and torch's thread count restored after.
+@pytest.mark.parametrize("problems", [9, 1])
+def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch, problems):
+    # The optimisers on one intra-op thread, the problems (9) or each evaluation's
+    # blocks (1 problem) shared between two threads: the same fold, to the
+    # tolerance batching allows, and torch's thread count restored after.
     import minifold.folding.objectives as objectives
+    from minifold.folding import threads
 
     monkeypatch.setattr(objectives, "CACHE_BLOCK_ELEMENTS", 300)  # many blocks
+    monkeypatch.setattr(threads, "WORTH_SHARING", 1000)  # and shared at this size
     true = chains(9, 24, 2, seed=9)
     distances = pairwise_distances(true) * (1 + 0.05 * torch.rand(9, 24, 24, dtype=torch.float64))
     distances = 0.5 * (distances + distances.transpose(1, 2)) * (1 - torch.eye(24))
     mask = torch.ones(9, 24, dtype=torch.bool)
     mask[2, 17:] = mask[5, 11:] = False
-    distances = distances * (mask[:, :, None] & mask[:, None, :])
+    distances = (distances * (mask[:, :, None] & mask[:, None, :]))[-problems:]
+    mask = mask[-problems:]
     one = Folder(dim=2)(distances, mask)
     torch.set_num_threads(2)
     try:
@@ -386,8 +391,8 @@ def test_two_threads_fold_as_one_and_give_the_threads_back(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
-    torch.testing.assert_close(two.positions, one.positions, rtol=0, atol=1e-9)
-    torch.testing.assert_close(two.loss, one.loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(two.positions, one.positions, rtol=0, atol=1e-6)
+    torch.testing.assert_close(two.loss, one.loss, rtol=1e-9, atol=0)
 
 
 def test_a_forked_child_folds_with_pools_of_its_own(tmp_path):

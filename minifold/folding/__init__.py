@@ -2,6 +2,8 @@
 
 One job per module, each importing only those above it in this list:
 
+- `threads`: how the CPU's threads share a fold (one intra-op thread where
+  torch's per-op barriers stall, a pool of workers where work splits)
 - `starts`: where a fold starts (shortest-path completion, classical MDS,
   random and perturbed starts)
 - `objectives`: what it minimises (stress, relative weights, distogram likelihood)

@@ -14,7 +14,14 @@ matrix with a point mask and optional per-pair weights (0 = unknown pair):
 
 Everything runs in `dtype` (float64 by default: the float32 eigen-solver and
 loss landscape stop at about 1e-4 relative error, and the exact-recovery target
-is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back.
+is RMSD/Rg <= 1e-4) on the input's device, then the result is cast back; only
+the loose plain squared-error stage runs in float32 (STAGE_DTYPE).
+
+Inside, the problems go in order of size (blocks of similar problems waste
+little on padding) and come back in the caller's order. On the CPU the L-BFGS
+stages run on one intra-op thread, the problems dealt between the threads
+(`Folder._stress_stages`, `threads`): torch's per-op thread barriers stall on
+cores shared with other jobs.
 
 `potential="distogram"` fits the distances to predicted distogram
 probabilities instead: the start and SMACOF use the expected distances, with
@@ -26,19 +33,23 @@ The options are checked by one table, `Folder._parameter_constraints` (rules
 from `options`), in the manner of scikit-learn: `__init__` only validates and
 stores them.
 
-About 530 lines: the class documents each of its options once, in
-its docstring, and `__call__` is the fold's one pipeline, read top to bottom.
+About 630 lines: the class documents each of its options once, in its
+docstring, and `__call__` is the fold's one pipeline, read top to bottom (the
+stress stages and their sharing between threads in two methods beside it).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.objectives import (
     Objective,
     _DistogramLikelihood,
@@ -52,7 +63,7 @@ from minifold.folding.objectives import (
 from minifold.folding.optimize import Trajectory, lbfgs, smacof
 from minifold.folding.options import Rule, as_type, at_least, choice
 from minifold.folding.starts import initial_positions
-from minifold.folding.threads import one_thread
+from minifold.folding.threads import one_thread, split_between
 from minifold.geometry import center, pair_mask
 
 log = logging.getLogger(__name__)
@@ -271,6 +282,31 @@ class Folder:
         Returns:
             FoldResult with positions [B, N, dim], loss [B], trajectory or None
         """
+        reference = distances if distances is not None else probabilities
+        device = mask.device if reference is None else reference.device
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+        # On the CPU the optimisers run on one intra-op thread, and the threads share
+        # their problems (or blocks) instead: torch's per-op thread barriers stall on
+        # cores shared with other jobs (minifold/folding/threads.py). The setup
+        # before them is a few dozen passes over the batch: on all threads where
+        # those are large enough to be worth the barriers, else on one as well.
+        large = mask.dim() == 2 and mask.shape[0] * mask.shape[1] ** 2 >= threads.LARGE_PASSES
+        with nullcontext() if large else one_thread(device):
+            return self._fold(
+                distances, mask, weights, probabilities, bin_edges, return_trajectory, workers
+            )
+
+    def _fold(
+        self,
+        distances: Tensor | None,
+        mask: Tensor,
+        weights: Tensor | None,
+        probabilities: Tensor | None,
+        bin_edges: Tensor | None,
+        return_trajectory: bool | None,
+        workers: int,
+    ) -> FoldResult:
+        """`__call__` with `workers` threads to share the work (see `_stress_stages`)."""
         keep_trajectory = self.return_trajectory if return_trajectory is None else return_trajectory
         reference = distances if distances is not None else probabilities
         if reference is None:
@@ -364,12 +400,9 @@ class Folder:
             seed=self.seed,
             dtype=self.dtype,
             order=order,
+            workers=workers,
         )
         repeat = self.restarts
-        # On the CPU the L-BFGS stages on the stress run on one intra-op thread, and
-        # each evaluation splits its blocks between `workers` threads: see
-        # minifold/folding/threads.py (one_thread, split_between).
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
         stress = _Stress(
             _repeat(targets, repeat),
             _repeat(fit_weights, repeat),
@@ -397,6 +430,7 @@ class Folder:
             check_every=self.check_every,
             trajectory_every=self.trajectory_every,
         )
+        plain = None
         if self.potential == "relative":
             # Plain squared error first (loosely), then the relative weights from there:
             # from the MDS start alone the relative potential stopped in a local
@@ -415,18 +449,8 @@ class Folder:
                 uniform=False,
                 workers=workers,
             )
-            start = positions.to(low)
         with one_thread(device):
-            if self.potential == "relative":
-                # Not preconditioned: with uniform weights the diagonal is a constant
-                # and only turns the first step into a full Guttman step, which took
-                # some of 200 long noisy chains into worse minima (mean lDDT -0.0005,
-                # GDT-TS -0.006 against preconditioning the second stage alone).
-                moved, _ = self._lbfgs(
-                    start, plain, trajectory, tolerance=STAGE_TOLERANCE, preconditioned=False
-                )
-                positions = positions + (moved - start).to(self.dtype)
-            positions, loss = self._lbfgs(positions, stress, trajectory)
+            positions, loss = self._stress_stages(positions, stress, plain, trajectory, workers)
         if likelihood is not None:
             # The confidence-weighted fit above puts every pair near its likely
             # distance; the likelihood then settles them between bins.
@@ -465,6 +489,67 @@ class Folder:
             trajectory=trajectory,
             fit_error=fit_error.to(out_dtype),
         )
+
+    def _stress_stages(
+        self,
+        positions: Tensor,
+        stress: _Stress,
+        plain: _Stress | None,
+        trajectory: Trajectory | None,
+        workers: int,
+    ) -> tuple[Tensor, Tensor]:
+        """L-BFGS on `plain` (if given) then on `stress`; positions [P, N, dim] and loss [P].
+
+        With several CPU threads the problems are dealt round-robin (similar sizes
+        to each: the batch is sorted by size) between `workers` threads, which fold
+        their shares on their own and meet once at the end: the problems are
+        independent, and the optimisers' bookkeeping (a sixth of the work on one
+        thread) then runs in parallel too. With fewer problems than threads, or a
+        trajectory to record in step, the threads share each evaluation's blocks
+        instead (`_Stress.workers`; below `threads.WORTH_SHARING` pair entries
+        they do not share at all).
+        """
+        count, num = positions.shape[:2]
+        alone = count * num * num < threads.WORTH_SHARING or trajectory is not None
+        if workers == 1 or count < workers or alone:
+            return self._stages(positions, stress, plain, trajectory)
+        shares = [torch.arange(first, count, workers) for first in range(workers)]
+        folded: dict[int, tuple[Tensor, Tensor]] = {}
+
+        def fold(mine: Sequence[Tensor]) -> None:
+            for index in mine:
+                folded[int(index[0])] = self._stages(
+                    positions[index],
+                    stress.subset(index, workers=1),
+                    None if plain is None else plain.subset(index, workers=1),
+                    None,
+                )
+
+        split_between(fold, shares, workers)
+        positions, loss = positions.clone(), positions.new_empty(count)
+        for index in shares:
+            positions[index], loss[index] = folded[int(index[0])]
+        return positions, loss
+
+    def _stages(
+        self,
+        positions: Tensor,
+        stress: _Stress,
+        plain: _Stress | None,
+        trajectory: Trajectory | None,
+    ) -> tuple[Tensor, Tensor]:
+        """`_stress_stages` on one thread (of the CPU, or on another device)."""
+        if plain is not None:
+            # Not preconditioned: with uniform weights the diagonal is a constant and
+            # only turns the first step into a full Guttman step, which took some of
+            # 200 long noisy chains into worse minima (mean lDDT -0.0005, GDT-TS -0.006
+            # against preconditioning the second stage alone).
+            start = positions.to(plain.targets.dtype)
+            moved, _ = self._lbfgs(
+                start, plain, trajectory, tolerance=STAGE_TOLERANCE, preconditioned=False
+            )
+            positions = positions + (moved - start).to(self.dtype)
+        return self._lbfgs(positions, stress, trajectory)
 
     def _warn_poor_fit(self, fit_error: Tensor) -> None:
         """Log a warning naming the problems whose known pairs fit worse than `fit_warning`."""

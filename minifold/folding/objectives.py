@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.threads import split_between
 
 # On the CPU the potential is evaluated in blocks of about this many pair entries per
@@ -183,14 +184,15 @@ class _Stress:
         self.extents: list[int] | None = None
         self._plans: dict[int, list[_Block]] = {}
 
-    def subset(self, index: Tensor) -> _Stress:
+    def subset(self, index: Tensor, workers: int | None = None) -> _Stress:
+        """The problems `index` only, their evaluations split between `workers` (as now if None)."""
         part = _Stress(
             self.targets[index],
             self.weights[index],
             self.mask[index],
             self.uniform,
             self.total[index],
-            self.workers,
+            self.workers if workers is None else workers,
         )
         if self._pseudo_inverse is not None:
             part._pseudo_inverse = self._pseudo_inverse[index]
@@ -244,7 +246,8 @@ class _Stress:
                         laplacian_x[part, :size],
                     )
 
-            split_between(evaluate, self._plan(budget), self.workers)
+            workers = self.workers if batch * num * num >= threads.WORTH_SHARING else 1
+            split_between(evaluate, self._plan(budget), workers)
         return loss / self.total, laplacian_x * (4.0 / self.total)[..., None, None]
 
     def _extents(self) -> list[int]:

@@ -132,7 +132,11 @@ def shortest_paths(
 
 
 def classical_mds(
-    distances: Tensor, mask: Tensor, dim: int, exact_up_to: int | None = None
+    distances: Tensor,
+    mask: Tensor,
+    dim: int,
+    exact_up_to: int | None = None,
+    workers: int | None = None,
 ) -> Tensor:
     """Coordinates whose distances best match a full matrix in the Gram (strain) sense.
 
@@ -151,6 +155,7 @@ def classical_mds(
             the extra coordinates are zero)
         exact_up_to: a full `eigh` up to this many points, subspace iteration above
             (see `top_eigenpairs`); EIGH_UP_TO if None
+        workers: CPU threads to share the groups (None: torch's intra-op threads)
     Returns:
         [B, N, dim] coordinates centred on the real points, zero at padding
     """
@@ -169,10 +174,9 @@ def classical_mds(
             )
 
     # One thread per group: MKL's threaded eigen-solver stalls on busy cores.
-    with one_thread(distances.device) as workers:
-        split_between(
-            fold, [slice(i, i + EIGH_GROUP) for i in range(0, batch, EIGH_GROUP)], workers
-        )
+    with one_thread(distances.device) as threads:
+        groups = [slice(i, i + EIGH_GROUP) for i in range(0, batch, EIGH_GROUP)]
+        split_between(fold, groups, threads if workers is None else workers)
     return positions
 
 
@@ -304,6 +308,7 @@ def initial_positions(
     seed: int,
     dtype: torch.dtype,
     order: Tensor | None = None,
+    workers: int | None = None,
 ) -> Tensor:
     """Every start of every problem; the first B are `init`, the rest explore.
 
@@ -326,6 +331,7 @@ def initial_positions(
         order: [B] the caller's problem at each row (the Folder sorts problems by
             size): random draws follow the caller's order, so a problem's random
             starts do not depend on how the batch was sorted. None: as given.
+        workers: CPU threads for the MDS start (see `classical_mds`)
     Returns:
         [restarts * B, N, dim] positions, start r of problem b at row r * B + b
     """
@@ -340,7 +346,7 @@ def initial_positions(
     # start relative to the shape whatever the input's units.
     if init == "mds":
         full = complete_distances(targets, known, mask, completion)
-        first = classical_mds(full, mask, dim)
+        first = classical_mds(full, mask, dim, workers=workers)
     else:
         first = drawn(random_start(caller_mask, dim, generator)).to(dtype)
     starts = [first.to(targets.device)]

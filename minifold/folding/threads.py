@@ -3,16 +3,16 @@
 torch runs each CPU op on all its intra-op threads (OpenMP), which wait for one
 another at the end of the op. A fold is tens of thousands of small ops, and on
 cores shared with other jobs every wait lasts until the slowest thread gets its
-core back: 200 noisy chains of length 160..319 folded in 62 s on 2 threads and
-in 10 s on 1, with one other busy process on the 2 cores. MKL's symmetric
+core back: before this module, 200 noisy chains of length 160..319 folded in
+35 to 350 s on 2 threads with other jobs busy (14 s on 1). MKL's symmetric
 eigen-solver meets its threads many times per matrix: 16 Gram matrices of
 300 x 300 took 4 to 25 s on 2 busy cores and 0.1 s on one thread.
 
-So the optimisers run under `one_thread`, and the stress evaluation (most of a
-fold's work) hands independent blocks of problems to `split_between`, whose
-single-threaded workers meet once per evaluation instead of once per op. With
-the cores otherwise quiet that folded the same chains in 5.1 s on 2 threads
-(6.8 s on 1); with a busy process beside them, 9.8 s (10.1 s on 1).
+So the Folder's optimisers run under `one_thread`, and its threads share the
+work through `split_between` instead: each thread folds a share of the problems
+(or of an evaluation's blocks, or of the eigen-solves), and they meet once per
+share. The same chains now fold in 4.9 s on 2 idle threads (7.3 s on 1), and in
+6.8 s with a busy process beside them (7.4 s on 1).
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ import torch
 
 Item = TypeVar("Item")
 
+# Below this many pair entries (B N^2) the threads' handoffs and the interpreter lock
+# cost more than sharing saves: 10 noisy problems of N = 50 took twice as long on 2.
+WORTH_SHARING = 1 << 20
+# From this many entries per pass (B N^2) a pass over the batch takes long enough that
+# splitting it between torch's threads pays for their barrier, busy cores or not.
+LARGE_PASSES = 1 << 22
 # One pool per worker count, started on first use; its threads run torch on one thread.
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 # A forked child has none of its parent's threads: it starts pools of its own.
