@@ -131,9 +131,16 @@ def record_run(context: RunContext, failed: bool) -> None:
 
 
 def optimized_metric(context: RunContext) -> float | None:
-    """`cfg.optimized_metric` of a finished run (what a sweeper optimises), None if absent or NaN."""
-    value = context.metrics.get(context.cfg.get("optimized_metric") or "")
-    return None if value is None or math.isnan(value) else float(value)
+    """`cfg.optimized_metric` of a finished run (what a sweeper optimises), None if absent or NaN.
+
+    Looked up in the evaluation's metrics, then in the training summary, so a search
+    can run `stages=[generate,train]` against `val/distance_mae` (no test set, no fold).
+    """
+    key = context.cfg.get("optimized_metric") or ""
+    value = context.metrics.get(key, context.train_summary.get(key))
+    if not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
 
 
 # ------------------------------------------------------------------- closing summary

@@ -320,3 +320,25 @@ def test_optuna_sweeper(tmp_path):
     assert (sweep / "optimization_results.yaml").exists(), result.stdout[-2000:]
     rows = (sweep / "summary.csv").read_text().strip().splitlines()
     assert len(rows) == 3
+
+
+def test_optimized_metric_reads_the_evaluation_then_the_training_summary(tmp_path):
+    from omegaconf import OmegaConf
+
+    from minifold import job, stages
+
+    def value(key, metrics, train_summary):
+        cfg = OmegaConf.create({"optimized_metric": key})
+        context = stages.RunContext(cfg=cfg, out_dir=tmp_path)
+        context.metrics.update(metrics)
+        context.train_summary.update(train_summary)
+        return job.optimized_metric(context)
+
+    # a search over `stages=[generate,train]` optimises a validation metric
+    assert value("val/distance_mae", {}, {"val/distance_mae": 0.03, "epochs": 2}) == 0.03
+    # the evaluation's value wins where both have the key
+    assert value("test/lddt", {"test/lddt": 0.9}, {"test/lddt": 0.1}) == 0.9
+    # absent, NaN or not a number: no value (the sweeper records a failed trial)
+    assert value("test/lddt", {}, {"val/distance_mae": 0.03}) is None
+    assert value("test/lddt", {"test/lddt": float("nan")}, {}) is None
+    assert value("best_checkpoint", {}, {"best_checkpoint": "x.ckpt"}) is None
