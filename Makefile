@@ -52,7 +52,7 @@ BENCH ?= generator folding models
 bench: $(STAMP) ## benchmarks -> outputs/bench/*.json, *.md (~1 h; BENCH="generator folding" for minutes)
 	$(PY) -m minifold.bench $(BENCH) --threads $(THREADS)
 
-sweep: $(STAMP) ## the headline study (dim x back_discount x model) on small settings
+sweep: $(STAMP) ## the headline study (dim x back_discount x model), default size (~1 h on 2 cores)
 	$(PY) -m minifold.run -m experiment=headline $(ARGS)
 
 report: $(STAMP) ## rebuild the experiments' READMEs from their sweep summaries

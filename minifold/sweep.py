@@ -115,6 +115,7 @@ def _job_result(config: DictConfig, job_return: Any) -> dict:
         saved = json.loads(metrics_path.read_text())
         result.update({k: v for k, v in saved.get("summary", {}).items()})
         result["fit_seconds"] = saved.get("train", {}).get("fit_seconds")
+        result["epochs"] = saved.get("train", {}).get("epochs")
     elif train_path.exists():
         # a sweep that trains without folding (stages=[generate,train]) still has results:
         # the val and test distance metrics of the training summary
@@ -122,6 +123,7 @@ def _job_result(config: DictConfig, job_return: Any) -> dict:
         result.update(
             {k: v for k, v in trained.items() if k.startswith(("val/", "test/"))},
             fit_seconds=trained.get("fit_seconds"),
+            epochs=trained.get("epochs"),
         )
     timings_path = out_dir / "timings.json"
     if timings_path.exists():
@@ -226,7 +228,8 @@ def summary_table(rows: list[dict], exact: bool = False) -> tuple[list[str], lis
     fmt = _fmt_exact if exact else _fmt
     parameters = sweep_parameters(rows)
     metrics = summary_metrics(rows)
-    columns = ["job", "status", "best", "name", *parameters, *metrics, "seconds", "error"]
+    # epochs trained: fewer than max_epochs where the time cap stopped the job
+    columns = ["job", "status", "best", "name", *parameters, *metrics, "epochs", "seconds", "error"]
     best = best_row(rows)
     body = []
     for row in rows:
@@ -235,6 +238,7 @@ def summary_table(rows: list[dict], exact: bool = False) -> tuple[list[str], lis
         cells += [_fmt(row.get("name") or row.get("model"))]
         cells += [_fmt_parameter(pairs.get(k, "")) for k in parameters]
         cells += [fmt(row.get(k)) for k in metrics]
+        cells += [_fmt(row.get("epochs"))]
         seconds = row.get("seconds", row.get("fit_seconds"))
         cells += [f"{seconds:.0f}" if isinstance(seconds, int | float) else ""]
         error = str(row.get("error") or "").replace("\n", " ")[:200]

@@ -59,7 +59,8 @@ def job_config(sweep: Path, num: int, overrides: list[str], dim: int, back_disco
 def finished_job(sweep: Path, num: int, summary: dict, fit_seconds: float, **settings):
     out = sweep / str(num)
     out.mkdir(parents=True)
-    metrics = {"summary": summary, "train": {"fit_seconds": fit_seconds}, "per_sequence": []}
+    train = {"fit_seconds": fit_seconds, "epochs": 6 - num}
+    metrics = {"summary": summary, "train": train, "per_sequence": []}
     (out / "metrics.json").write_text(json.dumps(metrics))
     return job_config(sweep, num, **settings), JobReturn(status=JobStatus.COMPLETED)
 
@@ -109,6 +110,7 @@ def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
         for key in SUMMARY_METRICS:
             assert float(row[key]) == summaries[num][key], key
         assert row["seconds"] == f"{10.0 + num:.0f}"
+        assert row["epochs"] == str(6 - num)
         assert row["dim"] == str(settings[num]["dim"])
     # one column per swept setting, holding each job's value (empty where not set)
     assert float(rows[0]["generator.back_discount"]) == 0.0
@@ -129,6 +131,19 @@ def test_summary_rows_carry_each_jobs_metrics_and_failures(tmp_path):
     assert (sweep / "summary.png").stat().st_size > 0
 
 
+def swept_values(key: str, values) -> list[str]:
+    """Each value a sweep gives `key`: every item of a list or `choice(...)`, both ends
+    of an Optuna `interval(...)` (tagged or not), as override strings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+
+    sweep = OverridesParser.create().parse_override(f"{key}={values}").value()
+    if isinstance(sweep, ChoiceSweep):
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in sweep.list]
+    assert isinstance(sweep, IntervalSweep), (key, values)
+    return [str(sweep.start), str(sweep.end)]
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_every_experiment_composes_with_each_swept_value(path, tmp_path):
     assert EXPERIMENTS, "no experiments found"
@@ -140,13 +155,13 @@ def test_every_experiment_composes_with_each_swept_value(path, tmp_path):
         params = cfg.hydra.sweeper.params
         assert params, f"{path.name} sweeps nothing"
         for key, values in params.items():
-            for value in str(values).split(","):
+            for value in swept_values(key, values):
                 swept = compose(
                     "config", overrides=[*base, f"{key}={value}"], return_hydra_config=True
                 )
                 choices = swept.hydra.runtime.choices
                 chosen = choices[key] if key in choices else OmegaConf.select(swept, key)
-                assert str(chosen) == value, (key, value)
+                assert str(chosen).lower() == value.lower(), (key, value)
                 with open_dict(swept):
                     del swept["hydra"]
                 swept.paths.output_dir = str(tmp_path)  # a Hydra resolver outside a run
