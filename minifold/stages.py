@@ -115,9 +115,10 @@ def stage_generate(context: RunContext) -> None:
     datamodule = get_datamodule(context)
     summary = datamodule.summary()
     log.info(
-        "data: %s %s, lengths %d..%d (longer test splits: %s), %dD, cache %s (%s) in %.2f s",
+        "data: %s %s%s, lengths %d..%d (longer test splits: %s), %dD, cache %s (%s) in %.2f s",
         "/".join(summary["sizes"]),
         "/".join(str(v) for v in summary["sizes"].values()),
+        " (training sequences drawn fresh every epoch)" if summary["online"] else "",
         summary["min_length"],
         summary["max_length"],
         ", ".join(
@@ -235,6 +236,8 @@ def stage_train(context: RunContext) -> None:
         "parameters": parameters,
         "world_size": trainer.world_size,
         "samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
+        # fresh training sequences every epoch (data.online) or the cached train split
+        "online_data": bool(getattr(datamodule, "online", False)),
         "best_checkpoint": best_path,
         **best,
         **{k: float(v) for k, v in test_metrics.items()},

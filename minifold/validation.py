@@ -75,6 +75,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "data.seed": Integer(0, MAX_SEED),
     "data.batch_size": SIZE,
     "data.num_long_test": SIZE,
+    "data.online": Boolean(),
     "model.dim": Integer(2),
     "model.batch_size": SIZE,
     "model.lr_reference_batch_size": Integer(1, none=True),

@@ -169,3 +169,24 @@ def test_batches_are_made_on_the_gpu_and_match_the_cpu():
     expected = backbone(batch["tokens"], batch["mask"])
     actual = backbone.to(device)(batch["tokens"].to(device), batch["mask"].to(device))
     torch.testing.assert_close(actual.cpu(), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_online_training_data_is_drawn_on_the_gpu(tmp_path):
+    from minifold.data.datamodule import ShapeDataModule
+    from minifold.data.generator import ShapeGenerator
+
+    module = ShapeDataModule(
+        ShapeGenerator(), num_train=300, num_val=20, num_test=20, online=True, cache_dir=None
+    )
+    device = torch.device("cuda")
+    tokens, positions = module.online_split(0, device)
+    assert tokens.device.type == "cuda" and positions.device.type == "cuda"
+    assert len(torch.unique(tokens, dim=0)) == 300
+    again, _ = module.online_split(0, device)
+    assert torch.equal(tokens, again)
+    # the CPU's generator gives the shapes of the GPU's sequences
+    torch.testing.assert_close(
+        positions.cpu(), module.generator(tokens.cpu()).float(), atol=1e-4, rtol=1e-4
+    )

@@ -79,6 +79,7 @@ BAD_SETTINGS = [
     (["data.num_train=0"], ["data.num_train is 0", ">= 1"]),
     (["data.num_val=2.5"], ["data.num_val is 2.5", "integer"]),
     (["data.batch_size=abc"], ["data.batch_size", "integer"]),
+    (["data.online=maybe"], ["data.online is 'maybe'", "true or false"]),
     (["generator.max_len=0"], ["generator.max_len is 0"]),
     (["generator.min_len=30", "generator.max_len=20"], ["generator.min_len is 30", "max_len"]),
     (["trainer.max_epochs=0"], ["trainer.max_epochs is 0", "-1"]),

@@ -8,6 +8,7 @@ loader.py.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -24,7 +25,7 @@ from torch.nn.functional import pad
 from minifold.atomic import atomic_path, remove_stale_temporaries
 from minifold.data.alphabet import PAD
 from minifold.data.generator import ShapeGenerator
-from minifold.data.loader import BatchCollator, SplitLoader
+from minifold.data.loader import BatchCollator, OnlineLoader, SplitLoader
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,20 @@ def _distinct_tokens(
     Returns:
         [total, generator.max_len] tokens in the order drawn
     """
-    known = exclude if exclude is not None else torch.zeros(0, generator.max_len, dtype=torch.long)
+    device = rng.device
+    known = (
+        exclude.to(device=device, dtype=torch.long)
+        if exclude is not None
+        else torch.zeros(0, generator.max_len, dtype=torch.long, device=device)
+    )
     tokens = generator.sample_tokens(total, rng)
     for _ in range(100):
         candidates = torch.cat([known, tokens])
         unique, inverse = torch.unique(candidates, dim=0, return_inverse=True)
-        first = torch.full((len(unique),), len(candidates), dtype=torch.long)
-        first.scatter_reduce_(0, inverse, torch.arange(len(candidates)), reduce="amin")
+        first = torch.full((len(unique),), len(candidates), dtype=torch.long, device=device)
+        first.scatter_reduce_(
+            0, inverse, torch.arange(len(candidates), device=device), reduce="amin"
+        )
         first = first.sort().values
         tokens = candidates[first[first >= len(known)]]
         if len(tokens) >= total:
@@ -125,6 +133,11 @@ class ShapeDataModule(L.LightningDataModule):
         cache_dir: where cache files go; None keeps the data in memory only.
         length_factors: test lengths as multiples of the training lengths (1 = `test`).
         num_long_test: sequences in each test split with a factor above 1.
+        online: draw `num_train` fresh training sequences for every epoch, on the
+            training device, instead of the cached train split (see `online_split`).
+            Validation and test splits stay the cached ones, and no drawn sequence
+            equals one of theirs. Never trained on twice, the data cannot be
+            memorised; each epoch costs one generator pass.
     """
 
     def __init__(
@@ -138,6 +151,7 @@ class ShapeDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         length_factors: list[int] | tuple[int, ...] = (1, 2, 4, 8),
         num_long_test: int = 100,
+        online: bool = False,
     ) -> None:
         super().__init__()
         sizes = (("num_train", num_train), ("num_val", num_val), ("num_test", num_test))
@@ -164,6 +178,10 @@ class ShapeDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.splits: dict[str, dict[str, Tensor]] = {}
         self.cache_info: CacheInfo | None = None
+        if not isinstance(online, bool):
+            raise ValueError(f"data.online is {online!r}; it must be true or false")
+        self.online = online
+        self._online_state: dict[torch.device, tuple[ShapeGenerator, Tensor]] = {}
 
     # ----------------------------------------------------------------- caching
     @property
@@ -395,8 +413,49 @@ class ShapeDataModule(L.LightningDataModule):
             rank_of=self._rank,
         )
 
-    def train_dataloader(self) -> SplitLoader:
+    def train_dataloader(self) -> SplitLoader | OnlineLoader:
+        if self.online:
+            self.prepare_data()  # the held-out splits the draws must avoid
+            return OnlineLoader(
+                self.online_split,
+                self.sizes["train"],
+                self.batch_size,
+                self.seed,
+                device_of=self._device,
+                rank_of=self._rank,
+            )
         return self._loader("train", shuffle=True)
+
+    def online_split(self, epoch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Epoch `epoch`'s fresh training split (`online`), drawn and shaped on `device`.
+
+        `num_train` distinct sequences from a random generator on `device` seeded by
+        (seed, epoch) alone, none equal to a sequence of the val, test or (where
+        lengths overlap) longer test splits; shaped by the frozen generator moved
+        there. The same (seed, epoch, kind of device) always gives the same split.
+
+        Returns:
+            tokens [num_train, max_len] (long), positions [num_train, max_len, dim]
+        """
+        device = torch.device(device)
+        if device not in self._online_state:
+            self.prepare_data()
+            width = self.generator.max_len
+            held_out = [
+                pad(split["tokens"].long(), (0, max(0, width - split["tokens"].shape[1])))
+                for name, split in self.splits.items()
+                if name != "train"
+            ]
+            held = torch.cat(
+                [tokens[(tokens[:, width:] == PAD).all(-1), :width] for tokens in held_out]
+            )
+            generator = copy.deepcopy(self.generator).to(device)
+            self._online_state[device] = (generator, held.to(device))
+        generator, held = self._online_state[device]
+        rng = torch.Generator(device=device)
+        rng.manual_seed(self.seed * 1_000_033 + 7_919 * (int(epoch) + 1))
+        tokens = _distinct_tokens(generator, self.sizes["train"], rng, exclude=held)
+        return tokens, generator(tokens).float()
 
     def val_dataloader(self) -> SplitLoader:
         return self._loader("val", shuffle=False)
@@ -428,6 +487,7 @@ class ShapeDataModule(L.LightningDataModule):
             "max_length": int(lengths.max()),
             "test_lengths": test_lengths,
             "dim": self.generator.dim,
+            "online": self.online,
             "cache": str(info.path) if info else None,
             "cache_hit": info.hit if info else None,
             "seconds": round(info.seconds, 3) if info else None,

@@ -124,10 +124,18 @@ class ShapeGenerator(nn.Module):
         self.eval()
 
     def sample_tokens(self, num: int, generator: torch.Generator) -> Tensor:
-        """[num, max_len] random padded tokens with lengths uniform in [min_len, max_len]."""
-        lengths = torch.randint(self.min_len, self.max_len + 1, (num,), generator=generator)
-        letters = torch.randint(1, len(self.alphabet) + 1, (num, self.max_len), generator=generator)
-        positions = torch.arange(self.max_len)
+        """[num, max_len] random padded tokens with lengths uniform in [min_len, max_len].
+
+        Drawn on the random generator's device (a CUDA generator draws on the GPU).
+        """
+        device = generator.device
+        lengths = torch.randint(
+            self.min_len, self.max_len + 1, (num,), generator=generator, device=device
+        )
+        letters = torch.randint(
+            1, len(self.alphabet) + 1, (num, self.max_len), generator=generator, device=device
+        )
+        positions = torch.arange(self.max_len, device=device)
         return torch.where(positions[None, :] < lengths[:, None], letters, PAD)
 
     @torch.no_grad()

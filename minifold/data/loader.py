@@ -85,7 +85,39 @@ class EpochSampler:
         return order
 
 
-class SplitLoader:
+class _EpochLoader:
+    """Batches of one split for each epoch, sliced on the training device: no DataLoader.
+
+    Subclasses say where an epoch's data is (`_collator`); this class serves it in
+    the order of `EpochSampler`, `batch_size` sequences at a time, each rank of a
+    distributed run its share. `sampler` (with `set_epoch`) is what Lightning
+    calls before each epoch.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, shuffle: bool, seed: int, device_of=None, rank_of=None
+    ) -> None:
+        self.batch_size = batch_size
+        self.sampler = EpochSampler(size, shuffle, seed)
+        self.batch_sampler = None  # Lightning looks for one beside `sampler`
+        self._device_of = device_of or (lambda: torch.device("cpu"))
+        self._rank_of = rank_of or (lambda: (0, 1))
+
+    def _collator(self, device: torch.device) -> BatchCollator:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        _, world_size = self._rank_of()
+        return math.ceil(math.ceil(self.sampler.size / world_size) / self.batch_size)
+
+    def __iter__(self):
+        collate = self._collator(torch.device(self._device_of()))
+        order = self.sampler.indices(*self._rank_of()).to(collate.tokens.device)
+        for batch in order.split(self.batch_size):
+            yield collate(batch)
+
+
+class SplitLoader(_EpochLoader):
     """Serves one split as batches sliced on the training device: no DataLoader, no copies.
 
     The split's tokens and positions move to the device once (the first time
@@ -98,7 +130,8 @@ class SplitLoader:
         batch_size: sequences per batch (the last batch may be smaller)
         shuffle: a new order every epoch (see `EpochSampler`)
         seed: seed of the orders
-        device: where batches are made; None asks `device_of()` at iteration time
+        device_of: where batches are made, asked at iteration time (None: the CPU)
+        rank_of: (rank, world size) at iteration time (None: (0, 1))
     """
 
     def __init__(
@@ -111,28 +144,39 @@ class SplitLoader:
         device_of=None,
         rank_of=None,
     ) -> None:
+        super().__init__(len(tokens), batch_size, shuffle, seed, device_of, rank_of)
         self.tokens = tokens
         self.positions = positions
-        self.batch_size = batch_size
-        self.sampler = EpochSampler(len(tokens), shuffle, seed)
-        self.batch_sampler = None  # Lightning looks for one beside `sampler`
-        self._device_of = device_of or (lambda: torch.device("cpu"))
-        self._rank_of = rank_of or (lambda: (0, 1))
-        self._collator: BatchCollator | None = None
+        self._on_device: BatchCollator | None = None
 
-    def _collator_on(self, device: torch.device) -> BatchCollator:
-        if self._collator is None or self._collator.tokens.device != device:
-            self._collator = BatchCollator(
+    def _collator(self, device: torch.device) -> BatchCollator:
+        if self._on_device is None or self._on_device.tokens.device != device:
+            self._on_device = BatchCollator(
                 self.tokens.to(device), self.positions.to(device), trim=False
             )
-        return self._collator
+        return self._on_device
 
-    def __len__(self) -> int:
-        _, world_size = self._rank_of()
-        return math.ceil(math.ceil(len(self.tokens) / world_size) / self.batch_size)
 
-    def __iter__(self):
-        collate = self._collator_on(torch.device(self._device_of()))
-        order = self.sampler.indices(*self._rank_of()).to(collate.tokens.device)
-        for batch in order.split(self.batch_size):
-            yield collate(batch)
+class OnlineLoader(_EpochLoader):
+    """A training split drawn afresh for every epoch, on the training device.
+
+    `draw(epoch, device)` returns that epoch's (tokens [S, N], positions [S, N, dim]),
+    made there (the datamodule's `online_split`: fresh sequences shaped by the
+    frozen generator). The draw depends on (seed, epoch) alone, so a resumed run
+    sees the same data; every rank draws the same split and takes its share.
+
+    Args:
+        draw: (epoch, device) -> (tokens, positions) of `size` sequences
+        size: sequences per epoch
+        batch_size, seed, device_of, rank_of: as for `SplitLoader` (always shuffled)
+    """
+
+    def __init__(
+        self, draw, size: int, batch_size: int, seed: int, device_of=None, rank_of=None
+    ) -> None:
+        super().__init__(size, batch_size, True, seed, device_of, rank_of)
+        self.draw = draw
+
+    def _collator(self, device: torch.device) -> BatchCollator:
+        tokens, positions = self.draw(self.sampler.epoch, device)
+        return BatchCollator(tokens, positions, trim=False)
