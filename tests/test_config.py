@@ -1,6 +1,7 @@
 """Every config group option composes through Hydra's compose API, and the objects build."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -97,3 +98,32 @@ def test_data_and_generator_instantiate(tmp_path):
     assert datamodule.generator.back_discount == 0.5
     assert datamodule.generator.dim == 3
     assert datamodule.cache_dir == tmp_path
+
+
+def _leaves(node, prefix=""):
+    """Every leaf of a plain nested dict as {dotted.key: value}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["birnn", "transformer", "pair_resnet"])
+def test_tuned_models_are_their_base_with_only_searched_settings_changed(name):
+    """`model=<name>_tuned` is `model=<name>` but for knobs its tuning search varied."""
+    base = compose_config([f"model={name}"])
+    tuned = compose_config([f"model={name}_tuned"])
+    search = compose_config([f"experiment=tune_{name}"], return_hydra_config=True)
+    searched = set(search.hydra.sweeper.params)
+    before = _leaves(OmegaConf.to_container(base.model))
+    after = _leaves(OmegaConf.to_container(tuned.model))
+    assert before.keys() == after.keys()
+    changed = {f"model.{k}" for k in before if before[k] != after[k]}
+    assert changed and changed <= searched, changed - searched
+    # and the tuning searched this architecture
+    assert search.model.net._target_ == tuned.model.net._target_
+    module = instantiate(tuned.model)
+    out = module(torch.randint(1, 5, (2, 12)), torch.ones(2, 12, dtype=torch.bool))
+    assert out["distances"].shape == (2, 12, 12) and torch.isfinite(out["distances"]).all()
