@@ -271,9 +271,11 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
     numeric = [k for k in parameters if all(_number(_pairs(r).get(k)) is not None for r in done)]
     x_key = max(numeric, key=lambda k: len({_pairs(r)[k] for r in done}), default=None)
     others = [k for k in parameters if k != x_key]
+    # several lines: the legend goes right of each panel, where it hides no point
+    legend_width = 3.5 if x_key is not None and others else 0.0
     columns = min(2, len(keys))
     grid_rows = -(-len(keys) // columns)
-    figure = Figure(figsize=(6 * columns, 3.6 * grid_rows), layout="tight")
+    figure = Figure(figsize=((6 + legend_width) * columns, 3.6 * grid_rows), layout="constrained")
     axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
     for axis in axes[len(keys) :]:
         axis.set_visible(False)
@@ -289,8 +291,11 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
                 xs, ys = zip(*points, strict=True)
                 axis.plot(xs, ys, marker="o", label=label or key)
             axis.set_xlabel(x_key)
+            xs_all = [float(_pairs(r)[x_key]) for r in scored]
+            if xs_all and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all):
+                axis.set_xscale("log")  # a learning rate, say: spread over decades
             if len(groups) > 1:
-                axis.legend(fontsize=7)
+                axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         else:
             jobs = list(range(len(scored)))
             axis.plot(jobs, [float(r[key]) for r in scored], marker="o", linestyle="")
@@ -312,8 +317,9 @@ def plot_sweep(rows: list[dict], path: Path | None = None) -> Figure | None:
                 label="best",
                 zorder=5,
             )
+            name = str(best.get("name"))
             axis.annotate(
-                f"best: {best.get('name')}",
+                f"best: {name if len(name) <= 32 else 'job ' + str(best.get('job'))}",
                 (bx, float(best[key])),
                 fontsize=7,
                 xytext=(5, 5),
