@@ -599,6 +599,36 @@ def test_likelihood_moves_distances_to_the_modes_of_bimodal_distograms():
     assert rmsd_over_rg(settled.positions, true, mask).max() < 0.05
 
 
+def test_a_large_distogram_batch_folds_in_chunks_like_one_call(monkeypatch):
+    # The likelihood holds [restarts * B, N, N, K] tensors: past a bound the Folder folds
+    # chunks of problems one after another (100 long chains took over 20 GB at once).
+    from minifold.folding import folder as folder_module
+
+    true = chains(5, 12, 2, seed=3)
+    distances = pairwise_distances(true)
+    edges = torch.linspace(0, float(distances.max()) * 1.05, 25, dtype=torch.float64)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    density = torch.exp(-((centres - distances[..., None]) ** 2) / (2 * 0.3**2))
+    probabilities = density / density.sum(-1, keepdim=True)
+    mask = torch.ones(5, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+    folder = Folder(dim=2, potential="distogram", restarts=1, likelihood_iterations=20)
+    whole = folder(None, mask, probabilities=probabilities, bin_edges=edges)
+
+    calls = []
+    original = Folder._fold
+    monkeypatch.setattr(
+        Folder, "_fold", lambda self, *a: calls.append(a[1].shape[0]) or original(self, *a)
+    )
+    # room for two problems of 12 points, 24 bins and 1 restart per chunk
+    monkeypatch.setattr(folder_module, "DISTOGRAM_CHUNK_ENTRIES", 2 * 12 * 12 * 24)
+    chunked = folder(None, mask, probabilities=probabilities, bin_edges=edges)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked.positions, whole.positions, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked.loss, whole.loss, atol=1e-9, rtol=1e-6)
+    torch.testing.assert_close(chunked.fit_error, whole.fit_error, atol=1e-6, rtol=0)
+
+
 def test_separation_weights_hand_case_and_padding():
     from minifold.folding.objectives import separation_weights
 

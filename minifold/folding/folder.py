@@ -78,6 +78,11 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # computed in this precision where `dtype` is wider (see `Folder.__call__`).
 STAGE_TOLERANCE = 1e-4
 STAGE_DTYPE = torch.float32
+# The distogram likelihood keeps a few [restarts * B, N, N, K] tensors in `dtype`: a
+# batch whose restarts * B * N^2 * K exceeds this many entries is folded in chunks of
+# problems, one after another (100 chains of N = 316 with 64 bins and 4 restarts
+# would need 2.6e9 entries, over 20 GB; this bound keeps a chunk near 2 GB).
+DISTOGRAM_CHUNK_ENTRIES = 1 << 26
 
 
 @dataclass
@@ -282,6 +287,11 @@ class Folder:
         Returns:
             FoldResult with positions [B, N, dim], loss [B], trajectory or None
         """
+        chunk = self._distogram_chunk(mask, probabilities)
+        if chunk is not None and probabilities is not None:
+            return self._fold_in_chunks(
+                chunk, distances, mask, weights, probabilities, bin_edges, return_trajectory
+            )
         reference = distances if distances is not None else probabilities
         device = mask.device if reference is None else reference.device
         workers = torch.get_num_threads() if device.type == "cpu" else 1
@@ -295,6 +305,60 @@ class Folder:
             return self._fold(
                 distances, mask, weights, probabilities, bin_edges, return_trajectory, workers
             )
+
+    def _distogram_chunk(self, mask: Tensor, probabilities: Tensor | None) -> int | None:
+        """Problems per chunk where the likelihood would outgrow DISTOGRAM_CHUNK_ENTRIES, else None."""
+        if self.potential != "distogram" or probabilities is None or probabilities.dim() != 4:
+            return None
+        batch, num, _, bins = probabilities.shape
+        per_problem = self.restarts * num * num * bins
+        chunk = max(1, DISTOGRAM_CHUNK_ENTRIES // max(per_problem, 1))
+        return chunk if batch > chunk and mask.dim() == 2 else None
+
+    def _fold_in_chunks(
+        self,
+        chunk: int,
+        distances: Tensor | None,
+        mask: Tensor,
+        weights: Tensor | None,
+        probabilities: Tensor,
+        bin_edges: Tensor | None,
+        return_trajectory: bool | None,
+    ) -> FoldResult:
+        """`__call__` on `chunk` problems at a time, the results joined in the caller's order.
+
+        A problem's fold does not depend on the others in its batch, so this changes
+        only how much memory the likelihood holds at once (and the random restarts,
+        which are drawn per call).
+        """
+        parts = []
+        for start in range(0, mask.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            parts.append(
+                self(
+                    None if distances is None else distances[rows],
+                    mask[rows],
+                    None if weights is None else weights[rows],
+                    probabilities[rows],
+                    bin_edges,
+                    return_trajectory,
+                )
+            )
+        trajectory = None
+        movies = [part.trajectory for part in parts if part.trajectory]
+        if len(movies) == len(parts):
+            # chunks may stop after different numbers of frames: the shorter hold their last
+            trajectory = [
+                torch.cat([movie[min(i, len(movie) - 1)] for movie in movies])
+                for i in range(max(len(movie) for movie in movies))
+            ]
+        fit_errors = [part.fit_error for part in parts if part.fit_error is not None]
+        return FoldResult(
+            positions=torch.cat([part.positions for part in parts]),
+            loss=torch.cat([part.loss for part in parts]),
+            trajectory=trajectory,
+            fit_error=torch.cat(fit_errors) if len(fit_errors) == len(parts) else None,
+        )
 
     def _fold(
         self,
