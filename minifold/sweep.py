@@ -90,25 +90,29 @@ SHARED_ROOTS = (
 )
 
 
-def _job_result(config: DictConfig, job_return: Any) -> dict:
-    from hydra.core.utils import JobStatus
-
-    out_dir = Path(config.hydra.runtime.output_dir)
+def _job_identity(config: DictConfig) -> dict:
+    """What a job is (number, dir, name, overrides, choices), before it has any result."""
     choices = {k: (None if v is None else str(v)) for k, v in config.hydra.runtime.choices.items()}
     overrides = [str(o) for o in config.hydra.overrides.task]
-    objective_key = str(config.get("optimized_metric") or "test/lddt")
-    result = {
+    return {
         "job": int(config.hydra.job.num),
-        "dir": str(out_dir),
+        "dir": str(Path(config.hydra.runtime.output_dir)),
         "name": run_name(config.get("dim"), RunIdentity(choices=choices, overrides=overrides)),
         "overrides": overrides,
         "choices": choices,
         "model": choices.get("model"),
         "dim": config.get("dim"),
         "back_discount": OmegaConf.select(config, "generator.back_discount"),
-        "objective_key": objective_key,
-        "status": "ok" if job_return.status == JobStatus.COMPLETED else "failed",
+        "objective_key": str(config.get("optimized_metric") or "test/lddt"),
     }
+
+
+def _job_result(config: DictConfig, job_return: Any) -> dict:
+    from hydra.core.utils import JobStatus
+
+    result = _job_identity(config)
+    result["status"] = "ok" if job_return.status == JobStatus.COMPLETED else "failed"
+    out_dir, objective_key = Path(result["dir"]), result["objective_key"]
     metrics_path = out_dir / "metrics.json"
     train_path = out_dir / "train_summary.json"
     if metrics_path.exists():
@@ -408,8 +412,14 @@ def write_sweep_summary(sweep_dir: Path) -> list[dict]:
     writer.writerow(columns)
     writer.writerows(body)
     write_text(sweep_dir / "summary.csv", buffer.getvalue())
-    failed = [r for r in rows if r.get("status") != "ok"]
-    lines = [f"# Sweep summary: {sweep_dir.name}", "", f"{len(rows)} jobs, {len(failed)} failed."]
+    failed = [r for r in rows if r.get("status") == "failed"]
+    unfinished = [r for r in rows if r.get("status") == "running"]
+    counts = f"{len(rows)} jobs, {len(failed)} failed."
+    if unfinished:
+        # running now, or killed from outside (out of memory): their run.log says which
+        jobs = ", ".join(str(r["job"]) for r in unfinished)
+        counts += f" No result yet from job {jobs} (still running, or killed: see its run.log)."
+    lines = [f"# Sweep summary: {sweep_dir.name}", "", counts]
     shared = shared_overrides(rows)
     if shared:
         lines += ["", "Every job: " + " ".join(f"`{o}`" for o in shared)]
@@ -494,6 +504,18 @@ class SweepSummaryCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         SweepRecord.from_config(config, finished=False).write(sweep_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mark the job `running` in its result.json: a job killed from outside (out of
+        memory, SIGKILL) never reaches `on_job_end`, and the summary then still lists it."""
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        started = _job_identity(config)
+        started["status"] = "running"
+        Path(started["dir"]).mkdir(parents=True, exist_ok=True)
+        write_json(Path(started["dir"]) / "result.json", started)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.types import RunMode

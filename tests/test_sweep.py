@@ -169,6 +169,38 @@ def test_every_experiment_composes_with_each_swept_value(path, tmp_path):
                 assert swept.task_name == path.stem
 
 
+def test_a_job_killed_from_outside_stays_in_the_summary(tmp_path):
+    # A SIGKILLed job (out of memory) never reaches on_job_end: its start mark remains.
+    sweep = tmp_path / "sweep"
+    callback = SweepSummaryCallback()
+    summary = {"test/lddt_median": 0.5, "test/lddt": 0.5}
+    killed = job_config(sweep, 1, ["folder=distogram"], dim=2, back_discount=0.1)
+    config, job_return = finished_job(
+        sweep, 0, summary, 3.0, overrides=["folder=lbfgs"], dim=2, back_discount=0.1
+    )
+    callback.on_job_start(config)
+    callback.on_job_start(killed)
+    rows = (
+        list(csv.DictReader((sweep / "summary.csv").open()))
+        if (sweep / "summary.csv").exists()
+        else []
+    )
+    assert rows == []  # starting writes no summary; the first job to end does
+    callback.on_job_end(config, job_return)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "ok"), ("1", "running")]
+    assert rows[1]["name"].startswith("birnn-2d") and "distogram" in rows[1]["name"]
+    markdown = (sweep / "summary.md").read_text()
+    assert "2 jobs, 0 failed. No result yet from job 1 (still running, or killed" in markdown
+    assert "## Job 1 failed" not in markdown
+    # a job that does end replaces its mark
+    callback.on_job_end(killed, JobReturn(status=JobStatus.FAILED, _return_value=MemoryError()))
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert (
+        rows[1]["status"] == "failed" and "No result yet" not in (sweep / "summary.md").read_text()
+    )
+
+
 def test_a_sweep_that_only_trains_shows_its_distance_errors(tmp_path):
     sweep = tmp_path / "sweep"
     callback = SweepSummaryCallback()
