@@ -17,7 +17,7 @@ import torch
 
 from minifold import project_root
 
-NAMES = ("generator", "folding", "models", "gpu")
+NAMES = ("generator", "folding", "models", "launches", "gpu")
 
 
 def main() -> None:

@@ -231,7 +231,7 @@ class _Stress:
         # its cache. (Smaller blocks on 2 threads also stalled for seconds at a time
         # when another process held the second core.)
         budget = CACHE_BLOCK_ELEMENTS * torch.get_num_threads()
-        if positions.device.type != "cpu" or batch * num * num <= budget:
+        if threads.launch_bound(positions.device) or batch * num * num <= budget:
             self._rows(positions, slice(None), num, loss, laplacian_x)
         else:
 

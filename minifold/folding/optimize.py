@@ -45,6 +45,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.objectives import Objective, _Stress
 
 # Armijo sufficient-decrease constant of the line search.
@@ -81,7 +82,7 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
     """
     if check_every is not None:
         return check_every
-    return 1 if device.type == "cpu" else CHECK_EVERY_ACCELERATOR
+    return CHECK_EVERY_ACCELERATOR if threads.launch_bound(device) else 1
 
 
 def _record(

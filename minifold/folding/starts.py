@@ -2,7 +2,7 @@
 
 Classical MDS (double-centred squared distances over the real points, the
 top-`dim` eigenpairs by a batched `eigh`, or by subspace iteration above
-EIGH_UP_TO points) needs a full matrix: unknown pairs are first filled by paths
+`eigh_limit` points) needs a full matrix: unknown pairs are first filled by paths
 through known ones (batched Floyd-Warshall up to EXACT_PATHS_UP_TO points,
 paths through near neighbours above: see `shortest_paths`), an upper bound that
 keeps the start in the right neighbourhood. On exact, complete distances this
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from minifold.folding import threads
 from minifold.folding.threads import one_thread, split_between
 from minifold.geometry import pair_mask, radius_of_gyration
 
@@ -26,6 +27,12 @@ PATH_NEIGHBOURS = 16
 MIN_PATH_ROUNDS = 2
 # Classical MDS: a full eigh up to this many points, subspace iteration above.
 EIGH_UP_TO = 512
+# ... except on accelerators, where a batched eigh runs as one batched solver only up to
+# 32 x 32 (torch's CUDA dispatch: cuSOLVER's syevjBatched); above that torch calls the
+# solver once per problem, and 10,000 MDS starts of N 20..39 took 5.1 s of the 5.1 s
+# fold on an H200 (experiments/gpu). Subspace iteration there is a handful of batched
+# matrix products and 32 x 32-or-smaller eigh calls per round.
+EIGH_UP_TO_ACCELERATOR = 32
 # ... and on the CPU in groups of this many problems, each cut to its extent.
 EIGH_GROUP = 16
 SUBSPACE_MAX_ITERATIONS = 60
@@ -154,14 +161,14 @@ def classical_mds(
         dim: dimension of the coordinates; any dim >= 1 (beyond N - 1 real points
             the extra coordinates are zero)
         exact_up_to: a full `eigh` up to this many points, subspace iteration above
-            (see `top_eigenpairs`); EIGH_UP_TO if None
+            (see `top_eigenpairs`); `eigh_limit` of the device if None
         workers: CPU threads to share the groups (None: torch's intra-op threads)
     Returns:
         [B, N, dim] coordinates centred on the real points, zero at padding
     """
-    exact_up_to = EIGH_UP_TO if exact_up_to is None else exact_up_to
+    exact_up_to = eigh_limit(distances.device) if exact_up_to is None else exact_up_to
     batch, num = mask.shape
-    if distances.device.type != "cpu" or batch <= EIGH_GROUP:
+    if threads.launch_bound(distances.device) or batch <= EIGH_GROUP:
         return _classical_mds(distances, mask, dim, exact_up_to)
     positions = distances.new_zeros(batch, num, dim)
     extents = _extents(mask)
@@ -174,9 +181,9 @@ def classical_mds(
             )
 
     # One thread per group: MKL's threaded eigen-solver stalls on busy cores.
-    with one_thread(distances.device) as threads:
+    with one_thread(distances.device) as available:
         groups = [slice(i, i + EIGH_GROUP) for i in range(0, batch, EIGH_GROUP)]
-        split_between(fold, groups, threads if workers is None else workers)
+        split_between(fold, groups, available if workers is None else workers)
     return positions
 
 
@@ -198,6 +205,11 @@ def _classical_mds(distances: Tensor, mask: Tensor, dim: int, exact_up_to: int) 
     if rank < dim:
         positions = torch.nn.functional.pad(positions, (0, dim - rank))
     return positions * real[..., None]
+
+
+def eigh_limit(device: torch.device) -> int:
+    """Largest problem whose MDS start takes a full `eigh` on `device` (subspace iteration above)."""
+    return EIGH_UP_TO_ACCELERATOR if threads.launch_bound(device) else EIGH_UP_TO
 
 
 def _extents(mask: Tensor) -> list[int]:
@@ -224,7 +236,10 @@ def top_eigenpairs(
     the top few directions, and a full eigh of a 2000 x 2000 Gram matrix took
     1 s on 1 thread. The block captures the largest-magnitude directions; the
     Ritz values are then sorted algebraically, so a few large negative
-    eigenvalues (non-Euclidean input) do not displace the wanted ones.
+    eigenvalues (non-Euclidean input) do not displace the wanted ones. The
+    block is kept orthonormal through the eigen-decomposition of its own small
+    Gram matrix (`_orthonormal`), not a QR factorisation, which torch's CUDA
+    backend runs once per problem: every call here is batched on any device.
 
     Args:
         matrix: [B, N, N] symmetric, finite
@@ -241,10 +256,10 @@ def top_eigenpairs(
     # The same start on every device, so CPU and GPU folds agree.
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(num, width, generator=generator, dtype=matrix.dtype).to(matrix.device)
-    basis = torch.linalg.qr(matrix @ start).Q
+    basis = _orthonormal(matrix @ start)
     previous = None
     for iteration in range(1, max_iterations + 1):
-        basis = torch.linalg.qr(matrix @ basis).Q
+        basis = _orthonormal(matrix @ basis)
         if iteration % SUBSPACE_CHECK_EVERY and iteration < max_iterations:
             continue
         small = basis.transpose(-1, -2) @ matrix @ basis
@@ -256,6 +271,31 @@ def top_eigenpairs(
                 break
         previous = top
     return values[..., -count:].flip(-1), (basis @ vectors)[..., -count:].flip(-1)
+
+
+def _orthonormal(block: Tensor) -> Tensor:
+    """An orthonormal basis of each problem's column space, from batched small `eigh` calls.
+
+    The block's Gram matrix V^T V = U S U^T gives V U S^(-1/2), whose columns are
+    orthonormal up to rounding amplified by the spread of S; a second pass over
+    the result (its Gram matrix is then near the identity) restores them to
+    rounding, as in CholeskyQR2. Directions the block barely spans (S at most
+    the dtype's epsilon times the largest: a rank-deficient Gram matrix, as
+    exact 2D distances give) come back as zero columns: orthogonal to every
+    other column, they add only zero Ritz values.
+
+    Args:
+        block: [B, N, W] vectors, W small (each pass an eigh of [B, W, W])
+    Returns:
+        [B, N, W] orthonormal columns, or zero
+    """
+    tiny, epsilon = torch.finfo(block.dtype).tiny, torch.finfo(block.dtype).eps
+    for _ in range(2):
+        values, rotation = _eigh(block.transpose(-1, -2) @ block)
+        kept = values > epsilon * values[..., -1:].clamp_min(tiny)
+        scale = torch.where(kept, values.clamp_min(tiny).rsqrt(), 0.0)
+        block = block @ (rotation * scale[..., None, :])
+    return block
 
 
 def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:

@@ -39,6 +39,20 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_POOLS.clear)
 
 
+def launch_bound(device: torch.device) -> bool:
+    """Whether the folder lays its work out for `device` as few large batched kernels.
+
+    On an accelerator a small problem's arithmetic costs less than launching its
+    kernels and reading values back to the host, so there the folder runs one
+    pass over the whole batch per evaluation, checks convergence every few
+    rounds, and avoids solvers that run once per problem. On the CPU it cuts the
+    work into cache-sized blocks shared between threads and checks every round.
+    (One switch, so that `minifold.bench.launches` can count on the CPU what a
+    GPU would launch.)
+    """
+    return device.type != "cpu"
+
+
 @contextmanager
 def one_thread(device: torch.device) -> Iterator[int]:
     """torch (and MKL) on one intra-op thread inside the block, on the CPU; restored after.

@@ -1,0 +1,82 @@
+"""The folder laid out as on a GPU, run on the CPU: batched solvers only, few host syncs, same folds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minifold.bench.folding import generated
+from minifold.bench.launches import as_on_accelerator, count, per_problem_calls
+from minifold.folding import Folder, classical_mds
+from minifold.folding.starts import _orthonormal, top_eigenpairs
+from minifold.metrics import lddt, rmsd_over_rg
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_orthonormal_keeps_spanned_directions_and_zeroes_the_rest(dtype):
+    generator = torch.Generator().manual_seed(0)
+    # rank 2 in 6 columns, with columns of very different lengths
+    left = torch.randn(3, 40, 2, generator=generator, dtype=torch.float64)
+    block = left @ torch.randn(3, 2, 6, generator=generator, dtype=torch.float64)
+    block = (block * torch.logspace(0, 4, 6, dtype=torch.float64)).to(dtype)
+    basis = _orthonormal(block)
+    norms = basis.norm(dim=-2)
+    kept = norms > 0.5
+    assert (kept.sum(-1) == 2).all()  # the rank, no more
+    assert (norms[~kept] == 0).all()
+    gram = basis.transpose(-1, -2) @ basis
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(gram, torch.diag_embed(kept.to(dtype)), rtol=0, atol=tolerance)
+    # and the kept columns span the block's columns
+    projected = basis @ (basis.transpose(-1, -2) @ block)
+    scale = block.abs().amax()
+    assert float((projected - block).abs().amax() / scale) < 10 * tolerance
+
+
+@pytest.mark.parametrize("num", [20, 39])
+def test_subspace_mds_of_small_problems_matches_eigh(num):
+    # the accelerator path (subspace iteration from 33 points) against a full eigh
+    true, mask, distances = generated(40, 2, 0.1, seed=3, lengths=(num // 2, num))
+    full = classical_mds(distances, mask, 2, exact_up_to=1000)
+    subspace = classical_mds(distances, mask, 2, exact_up_to=0)
+    assert float(rmsd_over_rg(subspace, full, mask).max()) < 1e-3
+    # a Gram matrix of rank 1 below the wanted 2: the missing direction is zero, not noise
+    line = torch.zeros(1, num, 2, dtype=torch.float64)
+    line[0, :, 0] = torch.arange(num, dtype=torch.float64)
+    values, vectors = top_eigenpairs(line @ line.transpose(-1, -2), 2, exact_up_to=0)
+    assert values[0, 1].abs() < 1e-9 * values[0, 0]
+    assert torch.isfinite(vectors).all()
+
+
+def test_counter_sees_per_problem_solvers_and_syncs():
+    matrices = torch.eye(40, dtype=torch.float64).repeat(5, 1, 1)
+    _, counts = count(lambda: torch.linalg.eigh(matrices))
+    assert counts.per_problem == 5
+    _, counts = count(lambda: torch.linalg.eigh(matrices[:, :32, :32]))
+    assert counts.per_problem == 0  # batched Jacobi up to 32 x 32
+    _, counts = count(lambda: bool(matrices.sum() > 0) and int(matrices[0, 0, 0]))
+    assert counts.syncs == 2
+    assert per_problem_calls("aten::linalg_qr", matrices) == 5
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_accelerator_layout_uses_batched_solvers_few_syncs_and_folds_alike(noise):
+    true, mask, distances = generated(64, 2, noise, seed=5)
+    folder = Folder(dim=2)
+    on_cpu, cpu_counts = count(lambda: folder(distances, mask))
+    with as_on_accelerator():
+        laid_out, counts = count(lambda: folder(distances, mask))
+    with as_on_accelerator(full_eigh=True):
+        _, measured_code = count(lambda: folder(distances, mask))
+    assert measured_code.per_problem == 64  # the start that cost 5.1 s on an H200
+    assert counts.per_problem == 0
+    if noise:
+        # convergence read back every few rounds, not every round
+        assert counts.syncs * 4 < cpu_counts.syncs
+        gap = lddt(laid_out.positions, true, mask) - lddt(on_cpu.positions, true, mask)
+        assert gap.abs().mean() < 1e-3
+    else:
+        assert counts.syncs <= 10
+        assert float(rmsd_over_rg(laid_out.positions, true, mask).max()) < 1e-6
