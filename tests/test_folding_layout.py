@@ -8,6 +8,7 @@ import torch
 from minifold.bench.folding import generated
 from minifold.bench.launches import as_on_accelerator, count, per_problem_calls
 from minifold.folding import Folder, classical_mds
+from minifold.folding.optimize import compact_product, two_loop
 from minifold.folding.starts import _orthonormal, top_eigenpairs
 from minifold.metrics import lddt, rmsd_over_rg
 
@@ -68,7 +69,7 @@ def test_accelerator_layout_uses_batched_solvers_few_syncs_and_folds_alike(noise
     on_cpu, cpu_counts = count(lambda: folder(distances, mask))
     with as_on_accelerator():
         laid_out, counts = count(lambda: folder(distances, mask))
-    with as_on_accelerator(full_eigh=True):
+    with as_on_accelerator(measured_code=True):
         _, measured_code = count(lambda: folder(distances, mask))
     assert measured_code.per_problem == 64  # the start that cost 5.1 s on an H200
     assert counts.per_problem == 0
@@ -80,3 +81,25 @@ def test_accelerator_layout_uses_batched_solvers_few_syncs_and_folds_alike(noise
     else:
         assert counts.syncs <= 10
         assert float(rmsd_over_rg(laid_out.positions, true, mask).max()) < 1e-6
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_compact_product_equals_the_two_loop_recursion(preconditioned):
+    generator = torch.Generator().manual_seed(1)
+    problems, memory, num = 6, 5, 12
+    steps = torch.randn(problems, memory, num, 3, generator=generator, dtype=torch.float64)
+    # gradient changes of a positive definite quadratic: every pair has curvature
+    curvature = 1 + torch.rand(problems, 1, num, 1, generator=generator, dtype=torch.float64)
+    changes = steps * curvature
+    gradient = torch.randn(problems, num, 3, generator=generator, dtype=torch.float64)
+    filled = torch.rand(problems, memory, generator=generator) > 0.4
+    filled[0] = False  # no history: gamma 1, the (preconditioned) gradient itself
+    filled[1] = True
+    rho = 1 / (steps * changes).sum((-1, -2))
+    diagonal = 1 + torch.rand(problems, num, 1, generator=generator, dtype=torch.float64)
+    precondition = (lambda v: v / diagonal) if preconditioned else None
+    expected = two_loop(gradient, steps, changes, rho, filled, precondition)
+    product = compact_product(gradient, steps, changes, filled, precondition)
+    torch.testing.assert_close(product, expected, rtol=1e-12, atol=1e-12)
+    first = gradient[0] / diagonal[0] if preconditioned else gradient[0]
+    torch.testing.assert_close(product[0], first, rtol=1e-14, atol=0)

@@ -54,7 +54,7 @@ class Objective(Protocol):
         ...
 
     def precondition(self, vectors: Tensor) -> Tensor:
-        """An approximate inverse Hessian times vectors [P, N, dim] (see `optimize.lbfgs`)."""
+        """An approximate inverse Hessian times vectors [..., P, N, dim] (see `optimize.lbfgs`)."""
         ...
 
 
