@@ -48,7 +48,7 @@ test: $(STAMP) ## run the test suite (tiny configs, a few minutes)
 test-all: $(STAMP) ## run every test, the slow ones too
 	$(PY) -m pytest -q -m "" $(ARGS)
 
-BENCH ?= generator folding models
+BENCH ?= generator folding models launches
 bench: $(STAMP) ## benchmarks -> outputs/bench/*.json, *.md (~1 h; BENCH="generator folding" for minutes)
 	$(PY) -m minifold.bench $(BENCH) --threads $(THREADS)
 

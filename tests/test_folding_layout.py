@@ -103,3 +103,20 @@ def test_compact_product_equals_the_two_loop_recursion(preconditioned):
     torch.testing.assert_close(product, expected, rtol=1e-12, atol=1e-12)
     first = gradient[0] / diagonal[0] if preconditioned else gradient[0]
     torch.testing.assert_close(product[0], first, rtol=1e-14, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_fold_on_cuda_matches_the_cpu(noise):
+    true, mask, distances = generated(256, 2, noise, seed=7)
+    folder = Folder(dim=2)
+    on_cpu = folder(distances, mask)
+    on_gpu = folder(distances.cuda(), mask.cuda())
+    assert on_gpu.positions.device.type == "cuda"
+    positions = on_gpu.positions.cpu()
+    if noise:
+        gap = lddt(positions, true, mask) - lddt(on_cpu.positions, true, mask)
+        assert gap.abs().mean() < 1e-3
+    else:
+        assert float(rmsd_over_rg(positions, true, mask).max()) < 1e-6

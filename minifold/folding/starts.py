@@ -256,12 +256,14 @@ def top_eigenpairs(
     # The same start on every device, so CPU and GPU folds agree.
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(num, width, generator=generator, dtype=matrix.dtype).to(matrix.device)
-    basis = _orthonormal(matrix @ start)
+    basis = _orthonormal(matrix @ start, passes=1)
     previous = None
     for iteration in range(1, max_iterations + 1):
-        basis = _orthonormal(matrix @ basis)
+        # one pass keeps the block well conditioned; Rayleigh-Ritz needs the second
+        basis = _orthonormal(matrix @ basis, passes=1)
         if iteration % SUBSPACE_CHECK_EVERY and iteration < max_iterations:
             continue
+        basis = _orthonormal(basis, passes=1)
         small = basis.transpose(-1, -2) @ matrix @ basis
         values, vectors = _eigh(0.5 * (small + small.transpose(-1, -2)))
         top = values[..., -count:]
@@ -273,7 +275,7 @@ def top_eigenpairs(
     return values[..., -count:].flip(-1), (basis @ vectors)[..., -count:].flip(-1)
 
 
-def _orthonormal(block: Tensor) -> Tensor:
+def _orthonormal(block: Tensor, passes: int = 2) -> Tensor:
     """An orthonormal basis of each problem's column space, from batched small `eigh` calls.
 
     The block's Gram matrix V^T V = U S U^T gives V U S^(-1/2), whose columns are
@@ -286,11 +288,13 @@ def _orthonormal(block: Tensor) -> Tensor:
 
     Args:
         block: [B, N, W] vectors, W small (each pass an eigh of [B, W, W])
+        passes: 2 for columns orthonormal to rounding; 1 leaves them orthonormal to
+            about sqrt(epsilon), enough to keep a block from collapsing
     Returns:
         [B, N, W] orthonormal columns, or zero
     """
     tiny, epsilon = torch.finfo(block.dtype).tiny, torch.finfo(block.dtype).eps
-    for _ in range(2):
+    for _ in range(passes):
         values, rotation = _eigh(block.transpose(-1, -2) @ block)
         kept = values > epsilon * values[..., -1:].clamp_min(tiny)
         scale = torch.where(kept, values.clamp_min(tiny).rsqrt(), 0.0)
