@@ -12,7 +12,8 @@ start by subspace iteration above EIGH_UP_TO_ACCELERATOR points), under a
   * kernels: operators that compute (views, reshapes and allocations excluded);
     each launches one kernel or a few on a GPU;
   * host syncs: operators that read a value back (`.item()`, `bool(tensor)`,
-    `nonzero`, boolean-mask indexing), each a full stop of the GPU's queue;
+    `nonzero`, boolean-mask indexing), each a full stop of the GPU's queue, and
+    solvers whose CUDA kernels read their error codes back (`eigh`, SVD);
     `.tolist()` reads CPU memory directly and is not seen;
   * per-problem solver calls: batched linear algebra that torch's CUDA backend
     runs as one solver call per matrix (`eigh` above 32 x 32, QR, SVD above
@@ -50,12 +51,16 @@ SYNC_OPERATORS = frozenset(
         "aten::_unique2",
         "aten::unique_dim",
         "aten::unique_consecutive",
+        "aten::_linalg_check_errors",
     }
 )
 # Operators that only relabel memory or wrap a Python number (no kernel on a GPU).
 NO_KERNEL = frozenset(
     {"aten::_unsafe_view", "aten::_reshape_alias", "aten::scalar_tensor", "aten::lift_fresh"}
 )
+# Solvers whose CUDA kernels read their error codes back to the host (a sync each):
+# `eigh` and the SVD check `info` inside the kernel, where a dispatch mode cannot see it.
+CHECKED_SOLVERS = frozenset({"aten::_linalg_eigh", "aten::_linalg_svd"})
 # torch's CUDA backend solves one matrix per call in these, above this size for eigh and
 # SVD (cuSOLVER's batched Jacobi solvers stop at 32 x 32); QR always (orgqr per matrix).
 BATCHED_SOLVER_UP_TO = 32
@@ -103,7 +108,7 @@ class OperatorCounter(TorchDispatchMode):
         if not func.is_view and name not in NO_KERNEL and not name.startswith("aten::empty"):
             counts.kernels += 1
             counts.by_operator[name] += 1
-        if name in SYNC_OPERATORS:
+        if name in SYNC_OPERATORS or name in CHECKED_SOLVERS:
             counts.syncs += 1
             counts.syncs_by_operator[name] += 1
         if args and isinstance(args[0], torch.Tensor):

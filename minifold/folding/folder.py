@@ -294,7 +294,7 @@ class Folder:
             )
         reference = distances if distances is not None else probabilities
         device = mask.device if reference is None else reference.device
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
+        workers = 1 if threads.launch_bound(device) else torch.get_num_threads()
         # On the CPU the optimisers run on one intra-op thread, and the threads share
         # their problems (or blocks) instead: torch's per-op thread barriers stall on
         # cores shared with other jobs (minifold/folding/threads.py). The setup

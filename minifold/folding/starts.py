@@ -244,15 +244,22 @@ def top_eigenpairs(
     Args:
         matrix: [B, N, N] symmetric, finite
         count: how many pairs, <= N
+        tolerance: relative change of the wanted Ritz values that ends the
+            iteration; at least 100 epsilons of the matrix's dtype (float32
+            rounding would never let 1e-8 pass)
     Returns:
-        values [B, count] (descending) and vectors [B, N, count] (orthonormal columns)
+        values [B, count] (descending) and vectors [B, N, count]: orthonormal
+        columns, except that subspace iteration returns zero columns (and zero
+        values) for directions the matrix does not have (rank below `count`)
     """
 
     num = matrix.shape[-1]
     if num <= exact_up_to:
         values, vectors = _eigh(matrix)
         return values[..., -count:].flip(-1), vectors[..., -count:].flip(-1)
-    width = min(num, count + oversampling)
+    tolerance = max(tolerance, 100 * torch.finfo(matrix.dtype).eps)
+    # The block's own eigh stays batched on CUDA (at most 32 x 32) unless count itself is larger.
+    width = min(num, max(count, min(count + oversampling, EIGH_UP_TO_ACCELERATOR)))
     # The same start on every device, so CPU and GPU folds agree.
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(num, width, generator=generator, dtype=matrix.dtype).to(matrix.device)
@@ -282,9 +289,11 @@ def _orthonormal(block: Tensor, passes: int = 2) -> Tensor:
     orthonormal up to rounding amplified by the spread of S; a second pass over
     the result (its Gram matrix is then near the identity) restores them to
     rounding, as in CholeskyQR2. Directions the block barely spans (S at most
-    the dtype's epsilon times the largest: a rank-deficient Gram matrix, as
-    exact 2D distances give) come back as zero columns: orthogonal to every
-    other column, they add only zero Ritz values.
+    float64's epsilon, or 100 times the square of the block's own, times the
+    largest: a rank-deficient Gram matrix, as exact 2D distances give, with the
+    block's rounding on top) come back as zero columns: orthogonal to every
+    other column, they add only zero Ritz values. Computed in float64 and
+    returned in the block's dtype.
 
     Args:
         block: [B, N, W] vectors, W small (each pass an eigh of [B, W, W])
@@ -293,13 +302,20 @@ def _orthonormal(block: Tensor, passes: int = 2) -> Tensor:
     Returns:
         [B, N, W] orthonormal columns, or zero
     """
-    tiny, epsilon = torch.finfo(block.dtype).tiny, torch.finfo(block.dtype).eps
+    # In float64 whatever the block's dtype: the Gram matrix squares the spread of the
+    # block's directions, and in float32 a real but thin third dimension (a ratio of
+    # 1e-2 between coordinates' spreads) fell below its rounding and was dropped.
+    work = block.to(torch.float64)
+    tiny = torch.finfo(work.dtype).tiny
+    # S relative to the largest: below the block's own rounding (its epsilon, squared),
+    # or float64's epsilon, is noise
+    floor = max(100 * torch.finfo(block.dtype).eps ** 2, torch.finfo(work.dtype).eps)
     for _ in range(passes):
-        values, rotation = _eigh(block.transpose(-1, -2) @ block)
-        kept = values > epsilon * values[..., -1:].clamp_min(tiny)
+        values, rotation = _eigh(work.transpose(-1, -2) @ work)
+        kept = values > floor * values[..., -1:].clamp_min(tiny)
         scale = torch.where(kept, values.clamp_min(tiny).rsqrt(), 0.0)
-        block = block @ (rotation * scale[..., None, :])
-    return block
+        work = work @ (rotation * scale[..., None, :])
+    return work.to(block.dtype)
 
 
 def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
