@@ -330,11 +330,17 @@ def test_optimizer_and_scheduler_options(config_dir, optimizer, scheduler):
 
 
 def test_model_files_hold_their_network_and_rate_only():
-    """What every model shares lives in model/module/default.yaml and the option groups."""
+    """What every model shares lives in model/module/default.yaml and the option groups.
+
+    A model file holds its network, its rate, and (tuned presets) how that rate
+    carries to other batch sizes.
+    """
     for path in (CONF / "model").glob("*.yaml"):
         own = OmegaConf.load(path)
-        assert set(own) <= {"defaults", "net", "optimizer"}, path.name
+        assert set(own) <= {"defaults", "net", "optimizer", "lr_scaling"}, path.name
         assert set(own.get("optimizer", {})) <= {"lr"}, path.name
+        if "lr_scaling" in own:
+            assert path.stem.endswith("_tuned"), path.name
 
 
 def test_relative_loss_is_scale_free_weighs_short_pairs_and_floors_collisions():
