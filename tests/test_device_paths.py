@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from minifold.bench.gpu import CPU_CASES, GPU_CASES
 from minifold.data.loader import EpochSampler, SplitLoader
 from minifold.geometry import reversal_index
 from minifold.models.birnn import BiRNNBackbone
@@ -190,3 +191,17 @@ def test_online_training_data_is_drawn_on_the_gpu(tmp_path):
     torch.testing.assert_close(
         positions.cpu(), module.generator(tokens.cpu()).float(), atol=1e-4, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize(("label", "overrides"), GPU_CASES + CPU_CASES)
+def test_gpu_benchmark_cases_compose_and_pass_validation(label, overrides, tmp_path):
+    # the benchmark runs on a lent GPU for minutes at a time: a case that cannot
+    # compose should fail here, not there
+    from minifold.validation import validate
+    from tests.test_config import compose_config
+
+    paths = [f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
+    cfg = compose_config([*overrides, "trainer.accelerator=cpu", "logger=csv", *paths])
+    validate(cfg)
+    if "model=birnn_tuned" in overrides:
+        assert cfg.model.lr_scaling == "sqrt" and cfg.data.batch_size == 256
