@@ -274,8 +274,8 @@ def compact_product(
     (Byrd, Nocedal and Schnabel 1994, eq. 3.1), with S, Y the history's steps
     and gradient changes as columns (oldest first), R the upper triangle of
     S^T Y, D its diagonal and H0 = gamma * precondition, gamma as in `two_loop`.
-    Equal to the two-loop recursion in exact arithmetic (to ~1e-15 relative in
-    float64, tested). The two-loop recursion makes 4 vector passes per pair (104
+    Equal to the two-loop recursion in exact arithmetic (to rounding in float64;
+    the test allows 1e-12). The two-loop recursion makes 4 vector passes per pair (104
     kernels a round with 10 pairs); this makes ~30 kernels whatever the memory:
     two M x M triangular solves (cuBLAS's batched solver) and batched products.
     On the CPU, where a kernel costs nothing to start, it was 1.2-4x slower

@@ -29,9 +29,10 @@ MIN_PATH_ROUNDS = 2
 EIGH_UP_TO = 512
 # ... except on accelerators, where a batched eigh runs as one batched solver only up to
 # 32 x 32 (torch's CUDA dispatch: cuSOLVER's syevjBatched); above that torch calls the
-# solver once per problem, and 10,000 MDS starts of N 20..39 took 5.1 s of the 5.1 s
-# fold on an H200 (experiments/gpu). Subspace iteration there is a handful of batched
-# matrix products and 32 x 32-or-smaller eigh calls per round.
+# solver once per problem: 10,000 exact problems of N 20..39 (padded to 39) folded in
+# 5.1 s on an H200, where L-BFGS stops at once and these calls are nearly all the work
+# (experiments/gpu). Subspace iteration there is a handful of batched matrix products
+# and 32 x 32-or-smaller eigh calls per round.
 EIGH_UP_TO_ACCELERATOR = 32
 # ... and on the CPU in groups of this many problems, each cut to its extent.
 EIGH_GROUP = 16
