@@ -168,7 +168,9 @@ def test_batches_are_made_on_the_gpu_and_match_the_cpu():
     backbone = BiRNNBackbone(vocab_size=9, embed_dim=5, hidden_size=6)
     batch = next(iter(on_cpu))
     expected = backbone(batch["tokens"], batch["mask"])
-    actual = backbone.to(device)(batch["tokens"].to(device), batch["mask"].to(device))
+    # the same arithmetic as the CPU's: cuDNN's RNNs default to TF32 (10-bit mantissa)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        actual = backbone.to(device)(batch["tokens"].to(device), batch["mask"].to(device))
     torch.testing.assert_close(actual.cpu(), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -187,10 +189,19 @@ def test_online_training_data_is_drawn_on_the_gpu(tmp_path):
     assert len(torch.unique(tokens, dim=0)) == 300
     again, _ = module.online_split(0, device)
     assert torch.equal(tokens, again)
-    # the CPU's generator gives the shapes of the GPU's sequences
-    torch.testing.assert_close(
-        positions.cpu(), module.generator(tokens.cpu()).float(), atol=1e-4, rtol=1e-4
-    )
+    # the CPU's generator gives the shapes of the GPU's sequences, TF32 allowed or not
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        tf32_allowed, _ = ShapeDataModule(
+            ShapeGenerator(), num_train=300, num_val=20, num_test=20, online=True, cache_dir=None
+        ).online_split(0, device)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    for drawn in (positions, tf32_allowed):
+        torch.testing.assert_close(
+            drawn.cpu(), module.generator(tokens.cpu()).float(), atol=1e-4, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize(("label", "overrides"), GPU_CASES + CPU_CASES)

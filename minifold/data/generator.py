@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any
 
@@ -148,6 +150,11 @@ class ShapeGenerator(nn.Module):
         Returns:
             [B, N, dim] positions, zero at padding; the first point is the origin.
         """
+        with _full_float32():
+            return self._positions(tokens, mask)
+
+    def _positions(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        """`forward` (see there)."""
         if mask is None:
             mask = tokens != PAD
         mask = mask.bool()
@@ -174,3 +181,26 @@ class ShapeGenerator(nn.Module):
         positions[:, 0] = 0.0  # the reference's second point is h_0 + h_1
         positions = positions.to(embedded_dtype)
         return positions * mask[..., None]
+
+
+@contextmanager
+def _full_float32() -> Iterator[None]:
+    """Float32 matrix products and cuDNN RNNs at full precision inside the block (no TF32).
+
+    The generator is the task's ground truth: the same tokens must give the same
+    shapes on every device. With TF32 (cuDNN's RNN default, and the GPU preset's
+    `matmul_precision: high`) shapes drawn on an H200 differed from the CPU's by
+    up to 3e-3.
+    """
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled,
+            benchmark=torch.backends.cudnn.benchmark,
+            deterministic=torch.backends.cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(precision)

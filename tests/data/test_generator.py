@@ -104,3 +104,16 @@ def test_lengths_cover_the_inclusive_range():
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ShapeGenerator(**kwargs)
+
+
+def test_generator_computes_at_full_float32_and_restores_the_settings():
+    generator = ShapeGenerator()
+    tokens = generator.sample_tokens(4, torch.Generator().manual_seed(0))
+    expected = generator(tokens)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        again = generator(tokens)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert torch.equal(again, expected)
