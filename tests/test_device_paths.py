@@ -193,7 +193,7 @@ def test_online_training_data_is_drawn_on_the_gpu(tmp_path):
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("high")
     try:
-        tf32_allowed, _ = ShapeDataModule(
+        _, tf32_allowed = ShapeDataModule(
             ShapeGenerator(), num_train=300, num_val=20, num_test=20, online=True, cache_dir=None
         ).online_split(0, device)
     finally:
