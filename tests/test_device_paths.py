@@ -216,3 +216,32 @@ def test_gpu_benchmark_cases_compose_and_pass_validation(label, overrides, tmp_p
     validate(cfg)
     if "model=birnn_tuned" in overrides:
         assert cfg.model.lr_scaling == "sqrt" and cfg.data.batch_size == 256
+
+
+def test_the_fold_stage_runs_where_the_trainer_trains(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from minifold.stages import fold_device
+
+    def trainer(accelerator):
+        return OmegaConf.create({"trainer": {"accelerator": accelerator}})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fold_device(trainer("gpu")).type == "cpu"  # no CUDA here: the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fold_device(trainer("gpu")).type == "cuda"
+    assert fold_device(trainer("auto")).type == "cuda"
+    assert fold_device(trainer("cpu")).type == "cpu"
+    assert fold_device(OmegaConf.create({})).type == "cpu"
+
+
+def test_folded_splits_come_back_on_the_cpu():
+    from minifold.folding import FoldResult
+    from minifold.stages import _on_cpu
+
+    record = FoldResult(
+        positions=torch.zeros(2, 3, 2), loss=torch.zeros(2), trajectory=[torch.ones(2, 3, 2)]
+    )
+    moved = _on_cpu(record)
+    assert moved.positions.device.type == "cpu" and moved.trajectory[0].device.type == "cpu"
+    assert moved.fit_error is None and torch.equal(moved.trajectory[0], record.trajectory[0])
