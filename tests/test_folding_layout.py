@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -145,3 +147,95 @@ def test_fold_on_cuda_matches_the_cpu(noise):
         assert gap.abs().mean() < 1e-3
     else:
         assert float(rmsd_over_rg(positions, true, mask).max()) < 1e-6
+
+
+def test_cuda_graphs_stay_off_the_cpu(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CUDA graph was built for a CPU fold")
+
+    monkeypatch.setattr("minifold.folding.optimize._GraphedRound", refuse)
+    _, mask, distances = generated(16, 2, 0.1, seed=3)
+    assert Folder(dim=2, cuda_graphs=True)(distances, mask).positions.isfinite().all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_graph_rounds_fold_as_launched_rounds(monkeypatch, dtype):
+    from minifold.folding import optimize
+
+    replays = []
+    replay = optimize._GraphedRound.replay
+    monkeypatch.setattr(
+        optimize._GraphedRound, "replay", lambda self: replays.append(1) or replay(self)
+    )
+    true, mask, distances = generated(512, 2, 0.1, seed=11)
+    distances, mask = distances.cuda(), mask.cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns
+        graphed = Folder(dim=2, dtype=dtype, cuda_graphs=True)(distances, mask)
+    assert len(replays) > 50  # the rounds did run as graphs
+    launched = Folder(dim=2, dtype=dtype, cuda_graphs=False)(distances, mask)
+    # the same kernels on the same buffers: the same folds up to rounding
+    close = lddt(graphed.positions.cpu(), true, mask.cpu()) - lddt(
+        launched.positions.cpu(), true, mask.cpu()
+    )
+    assert float(close.abs().max()) < 1e-4
+    torch.testing.assert_close(graphed.loss, launched.loss, rtol=1e-4, atol=1e-9)
+
+
+def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch):
+    """The graph's bookkeeping (buffers, warm-up round, recapture after each compaction).
+
+    Capture is emulated: it records nothing and leaves the buffers as they were
+    (a real capture runs no kernel), and a replay runs the round on the buffers.
+    """
+    from contextlib import contextmanager, nullcontext
+
+    from minifold.folding import optimize
+
+    class Stream:
+        def __init__(self, *args):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    captures = []
+
+    @contextmanager
+    def capture(graph):
+        captured = [getattr(graph.owner.state, f).clone() for f in FIELDS]
+        yield
+        for name, value in zip(FIELDS, captured, strict=True):
+            getattr(graph.owner.state, name).copy_(value)
+        captures.append(len(graph.owner.state.index))
+
+    class Graph:
+        owner = None
+
+    built = optimize._GraphedRound.__init__
+
+    def init(self, *args):
+        Graph.owner = self
+        built(self, *args)
+
+    FIELDS = [f.name for f in optimize.fields(optimize._Search)]
+    monkeypatch.setattr(optimize, "_graphable", lambda device, objective: True)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(optimize._GraphedRound, "__init__", init)
+    monkeypatch.setattr(optimize._GraphedRound, "replay", lambda self: self._run())
+
+    true, mask, distances = generated(64, 2, 0.1, seed=5)
+    folder = Folder(dim=2, check_every=10)
+    with as_on_accelerator():
+        graphed = folder(distances, mask)
+        # each stage captures the full batch, then again each time the working set shrank
+        assert captures.count(64) == 2 and len(set(captures)) >= 3
+        launched = Folder(dim=2, check_every=10, cuda_graphs=False)(distances, mask)
+    torch.testing.assert_close(graphed.positions, launched.positions, rtol=0, atol=1e-12)
+    torch.testing.assert_close(graphed.loss, launched.loss, rtol=0, atol=1e-14)

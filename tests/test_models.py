@@ -408,3 +408,22 @@ def test_transformer_embedding_scale_and_pre_norm_options():
         assert not torch.allclose(plain(tokens, mask), scaled(tokens, mask))
     pre = TransformerBackbone(vocab_size=5, d_model=16, num_heads=2, num_layers=1, norm_first=True)
     assert pre.encoder.layers[0].norm_first and not scaled.encoder.layers[0].norm_first
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_zero():
+    from minifold.models.schedules import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = warmup_cosine(optimizer, total_steps=100, warmup_fraction=0.1)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.5 / 11)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11], strict=True))  # rising
+    assert max(rates) == pytest.approx(0.5) and rates.index(max(rates)) == 10
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))  # then falling
+    assert rates[-1] < 0.5 * 1e-3
+    with pytest.raises(ValueError, match="warmup_fraction is 1.5"):
+        warmup_cosine(optimizer, total_steps=100, warmup_fraction=1.5)

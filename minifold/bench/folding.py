@@ -37,6 +37,7 @@ synchronise the device before reading the clock.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
@@ -391,9 +392,12 @@ def batched(quick: bool, device="cpu", count: int | None = None, repeats: int = 
     """
     count = count or (200 if quick else 10_000)
     rows = []
-    for noise in (0.0, 0.1):
+    # on CUDA also with every kernel launched by itself (folder.cuda_graphs=false)
+    graphs = (True, False) if torch.device(device).type == "cuda" else (True,)
+    for noise, cuda_graphs in itertools.product((0.0, 0.1), graphs):
         true, mask, distances = generated(count, 2, noise, seed=12)
         folder = configured_folder(2)
+        folder.cuda_graphs = cuda_graphs
         on = distances.to(device), mask.to(device)
         folder(on[0][: min(count, 512)], on[1][: min(count, 512)])  # warm-up
         result, median, times = _median_time(lambda f=folder, o=on: f(*o), repeats, device)
@@ -403,6 +407,7 @@ def batched(quick: bool, device="cpu", count: int | None = None, repeats: int = 
                 problems=count,
                 noise=noise,
                 device=str(device),
+                cuda_graphs=cuda_graphs and torch.device(device).type == "cuda",
                 median_seconds=median,
                 seconds=times,
                 problems_per_second=count / median,
@@ -614,12 +619,14 @@ def markdown(results: dict) -> str:
             "",
             "## Many small problems in one call (generated 2-D shapes, N 20..39; issue 12)",
             "",
-            "| device | problems | noise | median seconds | problems/s | lDDT | max RMSD/Rg |",
-            "|---|---|---|---|---|---|---|",
+            "| device | CUDA graphs | problems | noise | median seconds | problems/s | lDDT | "
+            "max RMSD/Rg |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in results["batched"]:
+            graphs = "yes" if row.get("cuda_graphs") else "no"
             lines.append(
-                f"| {row['device']} | {row['problems']} | {row['noise']:.2f} | "
+                f"| {row['device']} | {graphs} | {row['problems']} | {row['noise']:.2f} | "
                 f"{row['median_seconds']:.3f} | {row['problems_per_second']:.0f} | "
                 f"{row['lddt']:.4f} | {row['max_rmsd_over_rg']:.1e} |"
             )

@@ -168,6 +168,10 @@ class Folder:
         trajectory_every: keep positions every this many iterations when a
             trajectory is asked for.
         return_trajectory: keep the trajectory on every call.
+        cuda_graphs: on CUDA devices, capture an L-BFGS round on the stress once
+            as a CUDA graph and replay it (one launch for a round's few hundred
+            kernels) until the working set shrinks; not while a trajectory is
+            kept. No effect elsewhere. False launches every kernel itself.
         seed: seed of random starts and restart perturbations.
         dtype: "float64" or "float32", the precision of the computation.
     """
@@ -199,6 +203,7 @@ class Folder:
         "separation_scale": at_least(float, 1, none=True),
         "separation_power": at_least(float, 0),
         "return_trajectory": as_type(bool),
+        "cuda_graphs": as_type(bool),
         "seed": as_type(int),
     }
 
@@ -227,6 +232,7 @@ class Folder:
     separation_scale: float | None
     separation_power: float
     return_trajectory: bool
+    cuda_graphs: bool
     seed: int
 
     def __init__(
@@ -257,6 +263,7 @@ class Folder:
         check_every: int | None = None,
         separation_scale: float | None = None,
         separation_power: float = 4.0,
+        cuda_graphs: bool = True,
     ) -> None:
         given = locals()
         for name, rule in self._parameter_constraints.items():
@@ -669,6 +676,7 @@ class Folder:
             ),
             check_every=self.check_every,
             trajectory_every=self.trajectory_every,
+            cuda_graphs=self.cuda_graphs,
         )
 
 

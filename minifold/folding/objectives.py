@@ -162,6 +162,10 @@ class _Stress:
     `threads.one_thread`).
     """
 
+    # an evaluation is pure tensor arithmetic with no host sync (on accelerators):
+    # `optimize.lbfgs` may capture it in a CUDA graph
+    graphable = True
+
     def __init__(
         self,
         targets: Tensor,
