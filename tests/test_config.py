@@ -121,8 +121,9 @@ def test_tuned_models_are_their_base_with_only_searched_settings_changed(name):
     after = _leaves(OmegaConf.to_container(tuned.model))
     assert before.keys() == after.keys()
     changed = {f"model.{k}" for k in before if before[k] != after[k]}
-    # how the tuned rate carries to other batch sizes: no change at the tuning batch
-    assert after["lr_scaling"] == "sqrt" and tuned.data.batch_size == 64
+    # how the tuned rate carries to other batch sizes (never linearly: it was tuned near
+    # the top of the searched range): no change at the tuning batch
+    assert after["lr_scaling"] in ("sqrt", None) and tuned.data.batch_size == 64
     changed.discard("model.lr_scaling")
     assert changed and changed <= searched, changed - searched
     # and the tuning searched this architecture

@@ -40,9 +40,9 @@ root = Path(tempfile.mkdtemp())
 six = ["trainer=gpu", "trainer.max_epochs=6", "model=transformer_tuned", "generator.back_discount=0.0"]
 for label, overrides in [
     ("birnn gpu preset", ["trainer=gpu"]),
-    ("transformer_tuned ep6 as committed", six),
-    ("transformer_tuned ep6 sqrt no warmup", six + ["model/scheduler=cosine"]),
-    ("transformer_tuned ep6 unscaled", six + ["model.lr_scaling=null"]),
+    ("transformer_tuned ep6 as committed (unscaled)", six),
+    ("transformer_tuned ep6 sqrt (before)", six + ["model.lr_scaling=sqrt"]),
+    ("transformer_tuned ep6 sqrt + warmup", six + ["model.lr_scaling=sqrt", "model/scheduler=warmup_cosine"]),
 ]:
     print(json.dumps(run_case(label, overrides, root)), flush=True)
 PY
