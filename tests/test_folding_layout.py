@@ -204,7 +204,7 @@ def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch)
     captures = []
 
     @contextmanager
-    def capture(graph):
+    def capture(graph, **options):
         captured = [getattr(graph.owner.state, f).clone() for f in FIELDS]
         yield
         for name, value in zip(FIELDS, captured, strict=True):
@@ -239,3 +239,32 @@ def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch)
         launched = Folder(dim=2, check_every=10, cuda_graphs=False)(distances, mask)
     torch.testing.assert_close(graphed.positions, launched.positions, rtol=0, atol=1e-12)
     torch.testing.assert_close(graphed.loss, launched.loss, rtol=0, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_capture_survives_other_threads_using_the_gpu(monkeypatch):
+    """Another thread syncing with the GPU (as a progress display or logger may) mid-capture."""
+    import threading
+
+    from minifold.folding import optimize
+
+    monkeypatch.setattr(optimize, "_CAPTURE_WARNED", False)
+    stop = threading.Event()
+
+    def busy():
+        value = torch.ones(1, device="cuda")
+        while not stop.is_set():
+            float(value.sum())  # a kernel, a copy back and a sync, over and over
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    try:
+        _, mask, distances = generated(512, 2, 0.1, seed=13)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed capture warns
+            result = Folder(dim=2)(distances.cuda(), mask.cuda())
+    finally:
+        stop.set()
+        worker.join()
+    assert result.positions.isfinite().all()

@@ -451,6 +451,10 @@ def _round(state: _Search, problem: Objective, settings: _Settings) -> _Search:
     )
 
 
+# a failed capture warns once per process (each later one falls back quietly)
+_CAPTURE_WARNED = False
+
+
 def _graphable(device: torch.device, objective: Objective) -> bool:
     """Whether `lbfgs` may capture its rounds on `objective` as CUDA graphs on `device`."""
     return device.type == "cuda" and getattr(objective, "graphable", False)
@@ -480,10 +484,18 @@ class _GraphedRound:
         torch.cuda.current_stream(state.x.device).wait_stream(side)
         self.graph: torch.cuda.CUDAGraph | None = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph):
+            # thread_local: what other threads of the process do on the GPU meanwhile
+            # (a sync, an allocation) must not void this capture; under the default
+            # ("global") it did in every job of a GPU headline sweep (call 5)
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self._run()
         except RuntimeError as error:  # a kernel that cannot be captured: run eagerly
-            warnings.warn(f"L-BFGS rounds run uncaptured: {error}", RuntimeWarning, stacklevel=3)
+            global _CAPTURE_WARNED
+            if not _CAPTURE_WARNED:
+                warnings.warn(
+                    f"L-BFGS rounds run uncaptured: {error}", RuntimeWarning, stacklevel=3
+                )
+                _CAPTURE_WARNED = True
             self.graph = None
 
     @property
