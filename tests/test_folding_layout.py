@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import pytest
@@ -203,8 +204,12 @@ def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch)
 
     captures = []
 
+    collecting = []
+
     @contextmanager
     def capture(graph, **options):
+        collecting.append(gc.isenabled())
+        assert options == {"capture_error_mode": "thread_local"}
         captured = [getattr(graph.owner.state, f).clone() for f in FIELDS]
         yield
         for name, value in zip(FIELDS, captured, strict=True):
@@ -236,6 +241,7 @@ def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch)
         graphed = folder(distances, mask)
         # each stage captures the full batch, then again each time the working set shrank
         assert captures.count(64) == 2 and len(set(captures)) >= 3
+        assert not any(collecting) and gc.isenabled()  # paused while capturing only
         launched = Folder(dim=2, check_every=10, cuda_graphs=False)(distances, mask)
     torch.testing.assert_close(graphed.positions, launched.positions, rtol=0, atol=1e-12)
     torch.testing.assert_close(graphed.loss, launched.loss, rtol=0, atol=1e-14)

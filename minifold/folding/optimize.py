@@ -39,8 +39,10 @@ one algorithm over several places.
 
 from __future__ import annotations
 
+import gc
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -451,6 +453,18 @@ def _round(state: _Search, problem: Objective, settings: _Settings) -> _Search:
     )
 
 
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector paused inside the block (as it was after)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # a failed capture warns once per process (each later one falls back quietly)
 _CAPTURE_WARNED = False
 
@@ -487,7 +501,9 @@ class _GraphedRound:
             # thread_local: what other threads of the process do on the GPU meanwhile
             # (a sync, an allocation) must not void this capture; under the default
             # ("global") it did in every job of a GPU headline sweep (call 5)
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            # and no garbage collection in the middle: freeing a tensor last used on
+            # another stream records an event, which voids a capture
+            with _no_collection(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self._run()
         except RuntimeError as error:  # a kernel that cannot be captured: run eagerly
             global _CAPTURE_WARNED
