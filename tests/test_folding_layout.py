@@ -227,6 +227,7 @@ def test_graphed_rounds_emulated_on_the_cpu_fold_as_launched_rounds(monkeypatch)
 
     FIELDS = [f.name for f in optimize.fields(optimize._Search)]
     monkeypatch.setattr(optimize, "_graphable", lambda device, objective: True)
+    monkeypatch.setattr(optimize, "COMPACT_ABOVE_ACCELERATOR", 0)  # compact this small batch
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: Stream())
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: nullcontext())
@@ -274,3 +275,45 @@ def test_cuda_graph_capture_survives_other_threads_using_the_gpu(monkeypatch):
         stop.set()
         worker.join()
     assert result.positions.isfinite().all()
+
+
+def test_accelerator_layout_compacts_only_large_working_sets(monkeypatch):
+    """Below COMPACT_ABOVE_ACCELERATOR pair entries finished problems stay frozen in place."""
+    from minifold.folding import optimize
+
+    sizes = []
+    subset = optimize._Search.subset
+
+    def recording(self, keep):
+        sizes.append(len(keep))
+        return subset(self, keep)
+
+    monkeypatch.setattr(optimize._Search, "subset", recording)
+    true, mask, distances = generated(64, 2, 0.1, seed=5)
+    with as_on_accelerator():
+        frozen = Folder(dim=2)(distances, mask)
+        assert sizes == []  # 64 x 39^2 entries: never worth a compaction
+        monkeypatch.setattr(optimize, "COMPACT_ABOVE_ACCELERATOR", 0)
+        compacted = Folder(dim=2)(distances, mask)
+        assert len(sizes) >= 2
+    # frozen problems do not move: the same folds either way, up to the rounding of
+    # batched products over different batch sizes (the first stage runs in float32)
+    torch.testing.assert_close(frozen.positions, compacted.positions, rtol=1e-6, atol=1e-8)
+    sizes.clear()
+    Folder(dim=2)(distances, mask)  # the CPU layout compacts at every halving
+    assert len(sizes) >= 2
+
+
+def test_launch_counter_counts_rounds_and_graph_captures(monkeypatch):
+    from minifold.bench.launches import rounds_and_captures
+    from minifold.folding import optimize
+
+    _, mask, distances = generated(64, 2, 0.1, seed=5)
+    folder = Folder(dim=2)  # the relative potential: two L-BFGS stages
+    with as_on_accelerator(), rounds_and_captures() as tally:
+        folder(distances, mask)
+    assert tally["captures"] == 2 and tally["rounds"] > 20  # one per stage: too small to compact
+    monkeypatch.setattr(optimize, "COMPACT_ABOVE_ACCELERATOR", 0)
+    with as_on_accelerator(), rounds_and_captures() as compacting:
+        folder(distances, mask)
+    assert compacting["captures"] > 2

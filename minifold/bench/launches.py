@@ -121,17 +121,51 @@ def as_on_accelerator(measured_code: bool = False) -> Iterator[None]:
     """The folder's layout for accelerators, on whatever device it runs.
 
     Args:
-        measured_code: as the code measured on an H200 in experiments/gpu: the MDS
-            start by one batched `eigh` at every size, L-BFGS directions by the
-            two-loop recursion
+        measured_code: as the code measured on an H200 in experiments/gpu (calls 1-3):
+            the MDS start by one batched `eigh` at every size, L-BFGS directions by
+            the two-loop recursion, a compaction at every halving of the working set
     """
     limit = starts.EIGH_UP_TO if measured_code else starts.EIGH_UP_TO_ACCELERATOR
     with (
         mock.patch.object(threads, "launch_bound", lambda device: True),
         mock.patch.object(starts, "EIGH_UP_TO_ACCELERATOR", limit),
         mock.patch.object(optimize, "COMPACT_ON_ACCELERATORS", not measured_code),
+        # the measured code compacted the working set at every halving
+        mock.patch.object(
+            optimize,
+            "COMPACT_ABOVE_ACCELERATOR",
+            0 if measured_code else optimize.COMPACT_ABOVE_ACCELERATOR,
+        ),
     ):
         yield
+
+
+@contextmanager
+def rounds_and_captures() -> Iterator[Counter]:
+    """Count L-BFGS rounds, and the CUDA graph captures a fold would make on a GPU.
+
+    A capture happens at the first round of each L-BFGS stage and after each
+    compaction of the working set (`optimize._GraphedRound`); each costs about
+    one round run eagerly plus the capture itself.
+    """
+    tally: Counter = Counter()
+    run_round, subset = optimize._round, optimize._Search.subset
+
+    def counted_round(state, problem, settings):
+        tally["rounds"] += 1
+        if not bool(state.trials.any()) and not bool(state.iterations.any()):
+            tally["captures"] += 1  # a stage's first round
+        return run_round(state, problem, settings)
+
+    def counted_subset(self, keep):
+        tally["captures"] += 1
+        return subset(self, keep)
+
+    with (
+        mock.patch.object(optimize, "_round", counted_round),
+        mock.patch.object(optimize._Search, "subset", counted_subset),
+    ):
+        yield tally
 
 
 def count(function: Callable[[], Any]) -> tuple[Any, Counts]:
@@ -157,9 +191,10 @@ def run(quick: bool = False) -> dict:
         folder = configured_folder(2)
         for label, measured in (("this code", False), ("before: full eigh, two-loop", True)):
             with as_on_accelerator(measured_code=measured):
-                started = time.perf_counter()
-                folder(distances, mask)
-                seconds = time.perf_counter() - started
+                with rounds_and_captures() as tally:
+                    started = time.perf_counter()
+                    folder(distances, mask)
+                    seconds = time.perf_counter() - started
                 _, counts = count(partial(folder, distances, mask))
             rows.append(
                 dict(
@@ -169,6 +204,8 @@ def run(quick: bool = False) -> dict:
                     kernels=counts.kernels,
                     syncs=counts.syncs,
                     per_problem_solver_calls=counts.per_problem,
+                    rounds=tally["rounds"],
+                    graph_captures=tally["captures"],
                     cpu_seconds=round(seconds, 3),
                     top_operators=dict(counts.by_operator.most_common(8)),
                     syncs_by_operator=dict(counts.syncs_by_operator),
@@ -184,12 +221,13 @@ def markdown(results: dict) -> str:
         "as on a GPU, 1 torch thread; CPU seconds without the counter.",
         "",
         "| problems | noise | code | kernels | host syncs | per-problem solver calls "
-        "on CUDA | CPU s |",
-        "|---|---|---|---|---|---|---|",
+        "on CUDA | L-BFGS rounds | CUDA graph captures | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["batched"]:
         lines.append(
             f"| {row['problems']} | {row['noise']:.2f} | {row['code']} | {row['kernels']:,} | "
-            f"{row['syncs']:,} | {row['per_problem_solver_calls']:,} | {row['cpu_seconds']} |"
+            f"{row['syncs']:,} | {row['per_problem_solver_calls']:,} | {row.get('rounds', '')} | "
+            f"{row.get('graph_captures', '')} | {row['cpu_seconds']} |"
         )
     return "\n".join(lines)

@@ -59,6 +59,11 @@ WOLFE = 0.9
 # Optimisers test for convergence (a host sync) every this many rounds on GPUs
 # (check_every=None); on the CPU every round.
 CHECK_EVERY_ACCELERATOR = 10
+# On accelerators the working set is compacted (and a CUDA graph captured anew) only
+# while a pass over it covers more pair entries (problems x N^2) than this: below it a
+# round costs its kernel launches whatever its size, and a capture costs more than the
+# frozen problems' arithmetic. On the CPU every halving compacts.
+COMPACT_ABOVE_ACCELERATOR = 1 << 21
 # L-BFGS directions by `compact_product` where `threads.launch_bound` (else `two_loop`).
 COMPACT_ON_ACCELERATORS = True
 
@@ -78,6 +83,13 @@ def _where(condition: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def _push(history: Tensor, newest: Tensor) -> Tensor:
     """[B, M, ...] history with its oldest entry dropped and `newest` [B, ...] appended."""
     return torch.cat([history[:, 1:], newest[:, None]], 1)
+
+
+def _worth_compacting(positions: Tensor) -> bool:
+    """Whether dropping finished problems from a working set of `positions` [P, N, dim] pays."""
+    if not threads.launch_bound(positions.device):
+        return True
+    return positions.shape[0] * positions.shape[1] ** 2 > COMPACT_ABOVE_ACCELERATOR
 
 
 def check_interval(device: torch.device, check_every: int | None) -> int:
@@ -644,7 +656,7 @@ def lbfgs(
             remaining = int(state.active.sum())  # the only host sync of the loop
             if remaining == 0:
                 break
-            if remaining <= len(state.index) // 2:
+            if remaining <= len(state.index) // 2 and _worth_compacting(state.x):
                 positions[state.index], loss_all[state.index] = state.x, state.loss
                 keep = state.active.nonzero()[:, 0]
                 state = state.subset(keep)
